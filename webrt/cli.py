@@ -1,0 +1,105 @@
+"""The ``webrt`` command line: MLC-LLM's verbs (convert_weight, gen_config, compile) and more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from webrt.errors import WebrtError
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+
+def command(name: str, help_text: str):
+    """Register ``add_arguments`` for sub-command ``name``; it sets ``func`` on the parser."""
+
+    def register(add_arguments: Callable[[argparse.ArgumentParser], None]):
+        add_arguments.help_text = help_text  # type: ignore[attr-defined]
+        COMMANDS[name] = add_arguments
+        return add_arguments
+
+    return register
+
+
+@command("convert_weight", "convert and quantize HF / GGUF weights into an MLC tensor cache")
+def _convert_weight(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="Hugging Face model folder or .gguf file")
+    p.add_argument("--quantization", required=True, help="q0f32, q0f16, q4f16_1 or q4f32_1")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+
+    def run(a: argparse.Namespace) -> None:
+        from webrt.compiler.convert_weight import convert_weight
+
+        index = convert_weight(a.source, a.quantization, a.output)
+        md = index.metadata
+        print(f"wrote {len(index.shards)} shard(s), {md['ParamBytes'] / 2**20:.1f} MiB, "
+              f"{md['BitsPerParam']} bits/param to {a.output}")
+
+    p.set_defaults(func=run)
+
+
+@command("gen_config", "write mlc-chat-config.json and tokenizer files")
+def _gen_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="Hugging Face model folder or .gguf file")
+    p.add_argument("--quantization", required=True)
+    p.add_argument("--conv-template", required=True, help="conversation template name (see webrt.conversation)")
+    p.add_argument("--context-window-size", type=int)
+    p.add_argument("--sliding-window-size", type=int)
+    p.add_argument("--prefill-chunk-size", type=int)
+    p.add_argument("--attention-sink-size", type=int)
+    p.add_argument("-o", "--output", required=True, help="output folder (usually the convert_weight folder)")
+
+    def run(a: argparse.Namespace) -> None:
+        from webrt.compiler.gen_config import gen_config
+
+        gen_config(
+            a.source, a.quantization, a.conv_template, a.output,
+            context_window_size=a.context_window_size, sliding_window_size=a.sliding_window_size,
+            prefill_chunk_size=a.prefill_chunk_size, attention_sink_size=a.attention_sink_size,
+        )
+        print(f"wrote {a.output}/mlc-chat-config.json")
+
+    p.set_defaults(func=run)
+
+
+@command("compile", "compile a model library for webgpu (.wasm) or cpu (.so)")
+def _compile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="mlc-chat-config.json (or the folder holding it)")
+    p.add_argument("--device", required=True, choices=["webgpu", "cpu"])
+    p.add_argument("--overrides", help='e.g. "context_window_size=1024;prefill_chunk_size=128"')
+    p.add_argument("-o", "--output", required=True, help="library path (or a folder)")
+
+    def run(a: argparse.Namespace) -> None:
+        from webrt.compiler.compile import compile_model
+
+        out = compile_model(a.config, a.device, a.output, a.overrides)
+        print(f"wrote {out}")
+
+    p.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="webrt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, add_arguments in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=add_arguments.help_text))  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``webrt`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except WebrtError as e:
+        print(f"webrt {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"webrt {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Turn a model config + quantization into a TVM relax IRModule and build it for a device.
+
+The exported library follows MLC-LLM's ABI: ``embed``, ``prefill``, ``decode``,
+``batch_prefill``, ``batch_decode`` take the parameters as one trailing packed array
+(``param_mode: packed``); ``create_tir_paged_kv_cache`` builds the paged KV cache;
+``_metadata`` returns a JSON string; sampling helpers come from :mod:`webrt.compiler.sampling`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import relax
+from tvm.s_tir import dlight as dl
+from tvm.target import Target
+
+from webrt import __version__
+from webrt.compiler.cpu_schedule import NTMatmulCPU
+from webrt.compiler.quantization import Quantization
+from webrt.compiler.sampling import attach_sampling_functions
+from webrt.models import MODEL_TYPES, model_class
+from webrt.models.config import TransformerConfig
+
+DEVICES = ("webgpu", "cpu")
+MAX_BATCH_SIZE = 4
+
+
+def make_target(device: str) -> Target:
+    """The TVM target for a webrt device name."""
+    if device == "webgpu":
+        # No subgroup ops: SwiftShader's subgroup size is 4 and a subgroup build assumes 32.
+        return Target(
+            {"kind": "webgpu", "max_num_threads": 256},
+            host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"},
+        )
+    if device == "cpu":
+        return Target({"kind": "llvm", "num-cores": 1})
+    raise ValueError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+
+
+@dataclass
+class ExportedModel:
+    """The IRModule of one model plus the ordered parameter list the library expects."""
+
+    mod: tvm.IRModule
+    params: list[tuple[str, tuple[int, ...], str]]  # (name, shape, dtype) in call order
+    config: TransformerConfig
+    quant: Quantization
+    target: Target
+
+
+def export_model(config: TransformerConfig, quant: Quantization, target: Target) -> ExportedModel:
+    """Build the nn.Module for ``config`` and export it with the sampling functions attached."""
+    model = model_class(config.architecture)(config, quant, target)
+    mod, named_params = model.export_tvm(spec=model.get_default_spec())
+    mod = attach_sampling_functions(mod, target)
+    params = [(name, tuple(int(d) for d in p.shape), p.dtype) for name, p in named_params]
+    return ExportedModel(mod, params, config, quant, target)
+
+
+def _variable_bounds(config: TransformerConfig) -> dict[str, int]:
+    return {
+        "seq_len": config.prefill_chunk_size,
+        "batch_size": MAX_BATCH_SIZE,
+        "num_samples": MAX_BATCH_SIZE,
+        "vocab_size": config.vocab_size,
+    }
+
+
+@tvm.transform.module_pass(opt_level=0, name="AttachVariableBounds")
+class _AttachVariableBounds:
+    """Give the memory planner upper bounds for the symbolic dimensions."""
+
+    def __init__(self, bounds: dict[str, int]):
+        self.bounds = bounds
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        out = mod.clone()
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                out[gv] = func.with_attr("tir_var_upper_bound", self.bounds).with_attr(
+                    "tir_non_negative_var", ["vocab_size"]
+                )
+        return out
+
+
+def _storage_bytes(func: relax.Function) -> int:
+    """Bytes of statically planned storage a relax function allocates."""
+    total = 0
+
+    def visit(expr: relax.Expr) -> None:
+        nonlocal total
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.memory.alloc_storage":
+            size = expr.args[0]
+            if isinstance(size, relax.ShapeExpr) and all(isinstance(v, tvm.tirx.IntImm) for v in size.values):
+                total += int(size.values[0])
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return total
+
+
+@tvm.transform.module_pass(opt_level=0, name="AttachMetadata")
+class _AttachMetadata:
+    """Add ``_metadata() -> str`` (JSON), measuring planned memory per function."""
+
+    def __init__(self, exported: ExportedModel, device: str):
+        self.exported, self.device = exported, device
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        usage = {
+            gv.name_hint: _storage_bytes(func)
+            for gv, func in mod.functions_items()
+            if isinstance(func, relax.Function)
+        }
+        meta = library_metadata(self.exported, self.device, usage)
+        bb = relax.BlockBuilder(mod)
+        with bb.function("_metadata", []):
+            bb.emit_func_output(tvm.ir.StringImm(json.dumps(meta)))
+        return bb.finalize()
+
+
+def library_metadata(exported: ExportedModel, device: str, memory_usage: dict[str, int]) -> dict[str, Any]:
+    """The JSON that ``_metadata()`` returns (MLC's keys plus webrt's ``webrt`` block)."""
+    c, q = exported.config, exported.quant
+    return {
+        "model_type": MODEL_TYPES.get(c.architecture, c.model_type),
+        "quantization": q.name,
+        "context_window_size": c.context_window_size,
+        "sliding_window_size": c.sliding_window_size,
+        "attention_sink_size": 0 if c.sliding_window_size > 0 else -1,
+        "prefill_chunk_size": c.prefill_chunk_size,
+        "tensor_parallel_shards": 1,
+        "pipeline_parallel_stages": 1,
+        "max_batch_size": MAX_BATCH_SIZE,
+        "kv_state_kind": "kv_cache",
+        "memory_usage": memory_usage,
+        "params": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in exported.params],
+        "webrt": {
+            "version": __version__,
+            "device": device,
+            "vocab_size": c.vocab_size,
+            "model_dtype": q.model_dtype,
+            "subgroup_size": 0,
+            "required_features": ["shader-f16"] if (device == "webgpu" and q.model_dtype == "float16") else [],
+        },
+    }
+
+
+def _schedule_passes(target: Target) -> list[tvm.transform.Pass]:
+    if target.kind.name == "llvm":
+        return [dl.ApplyDefaultSchedule(NTMatmulCPU(), dl.cpu.Reduction())]
+    return [
+        dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(),
+            dl.gpu.GEMV(),
+            dl.gpu.Reduction(),
+            dl.gpu.GeneralReduction(),
+            dl.gpu.Fallback(),
+        )
+    ]
+
+
+def relax_pipeline(exported: ExportedModel, device: str) -> tvm.transform.Pass:
+    """webrt's lowering pipeline: legalize, fuse, schedule, plan memory, attach metadata."""
+    target = exported.target
+    passes = [
+        _AttachVariableBounds(_variable_bounds(exported.config)),
+        relax.backend.DispatchSampling(),
+        relax.backend.DispatchSortScan(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+        *_schedule_passes(target),
+        relax.transform.RewriteDataflowReshape(),
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+        relax.transform.StaticPlanBlockMemory(),
+        _AttachMetadata(exported, device),
+        relax.transform.LowerAllocTensor(),
+        relax.transform.KillAfterLastUse(),
+        relax.transform.LowerRuntimeBuiltin(),
+        relax.transform.ComputePrimValue(),
+        relax.transform.VMShapeLower(),
+        relax.transform.AttachGlobalSymbol(),
+    ]
+
+    @tvm.transform.module_pass(opt_level=0, name="WebrtPipeline")
+    def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
+
+
+def build_executable(exported: ExportedModel, device: str) -> relax.VMExecutable:
+    """Compile the exported module for ``device`` into a relax VM executable."""
+    with tvm.transform.PassContext(opt_level=3):
+        return relax.build(
+            exported.mod,
+            target=exported.target,
+            relax_pipeline=relax_pipeline(exported, device),
+            system_lib=(device == "webgpu"),
+        )

@@ -1,0 +1,98 @@
+"""``webrt compile``: mlc-chat-config.json -> a model library for WebGPU (.wasm) or the CPU (.so)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from webrt.compiler.build import DEVICES, build_executable, export_model, make_target
+from webrt.compiler.gen_config import load_chat_config
+from webrt.compiler.quantization import get_quantization
+from webrt.errors import ModelConfigError
+from webrt.models import check_architecture
+from webrt.models.config import TransformerConfig
+
+OVERRIDABLE = {
+    "context_window_size": int,
+    "sliding_window_size": int,
+    "prefill_chunk_size": int,
+    "attention_sink_size": int,
+}
+
+
+def parse_overrides(text: str | None) -> dict[str, int]:
+    """``"context_window_size=1024;prefill_chunk_size=128"`` -> dict, with clear errors."""
+    result: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(";"))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in OVERRIDABLE:
+            raise ModelConfigError(
+                f"bad override {item!r}; use key=value with key one of: {', '.join(OVERRIDABLE)}"
+            )
+        try:
+            result[key] = OVERRIDABLE[key](value.strip())
+        except ValueError:
+            raise ModelConfigError(f"override {key} needs an integer, got {value.strip()!r}") from None
+    return result
+
+
+def model_config_for(chat_config: dict[str, Any], overrides: dict[str, int]) -> TransformerConfig:
+    """The model config the library is built with: chat-config values, then overrides."""
+    config = TransformerConfig.from_dict(chat_config["model_config"])
+    check_architecture(config.architecture)
+    values = {
+        "context_window_size": chat_config["context_window_size"],
+        "sliding_window_size": chat_config["sliding_window_size"],
+        "prefill_chunk_size": chat_config["prefill_chunk_size"],
+    }
+    values.update({k: v for k, v in overrides.items() if k in values})
+    if values["context_window_size"] == -1 and values["sliding_window_size"] == -1:
+        raise ModelConfigError("either context_window_size or sliding_window_size must be positive")
+    window = values["sliding_window_size"] if values["sliding_window_size"] > 0 else values["context_window_size"]
+    if values["prefill_chunk_size"] <= 0:
+        raise ModelConfigError("prefill_chunk_size must be positive")
+    values["prefill_chunk_size"] = min(values["prefill_chunk_size"], window)
+    return config.override(**values)
+
+
+def default_library_name(chat_config: dict[str, Any], device: str) -> str:
+    suffix = ".wasm" if device == "webgpu" else ".so"
+    return f"{chat_config['model_type']}-{chat_config['quantization']}-{device}{suffix}"
+
+
+def compile_model(
+    chat_config_path: str | Path,
+    device: str,
+    output: str | Path,
+    overrides: str | None = None,
+) -> Path:
+    """Build the library and write it to ``output`` (atomically). Returns the path."""
+    if device not in DEVICES:
+        raise ModelConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    chat_config = load_chat_config(chat_config_path)
+    quant = get_quantization(chat_config["quantization"])
+    config = model_config_for(chat_config, parse_overrides(overrides))
+    out = Path(output)
+    if out.is_dir():
+        out = out / default_library_name(chat_config, device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    exported = export_model(config, quant, make_target(device))
+    executable = build_executable(exported, device)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        if device == "webgpu":
+            from webrt.compiler.wasm_export import export_wasm
+
+            export_wasm(executable, tmp)
+        else:
+            executable.export_library(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

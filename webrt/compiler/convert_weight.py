@@ -1,0 +1,75 @@
+"""``webrt convert_weight``: HF / GGUF weights -> quantized MLC tensor cache."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+from webrt.compiler.output import staged_output_dir
+from webrt.compiler.quantization import get_quantization
+from webrt.compiler.sources import WeightSource, open_source
+from webrt.compiler.weights import convert_params, source_names
+from webrt.models import check_architecture, model_class
+from webrt.models.config import TransformerConfig
+from webrt.ndarray_cache.format import TensorCacheIndex
+from webrt.ndarray_cache.writer import write_tensor_cache
+from webrt.errors import WeightFileError
+
+
+def model_params(config: TransformerConfig, quantization: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of every parameter the compiled library takes, in call order."""
+    check_architecture(config.architecture)
+    model = model_class(config.architecture)(config, get_quantization(quantization), None)
+    return [(name, tuple(int(d) for d in p.shape), p.dtype) for name, p in model.named_parameters()]
+
+
+def _logical_size(name: str, shape: tuple[int, ...], per_storage: int) -> int:
+    """How many model weights a stored tensor holds (a packed uint32 holds several)."""
+    if name.endswith(".q_scale"):
+        return 0
+    return math.prod(shape) * (per_storage if name.endswith(".q_weight") else 1)
+
+
+def _check_complete(source: WeightSource, params: list[tuple[str, tuple[int, ...], str]], tied: bool) -> None:
+    """Fail before writing anything if a tensor the model needs is absent."""
+    available = set(source.names())
+    missing = []
+    for name, _, _ in params:
+        base = name.rsplit(".", 1)[0] + ".weight" if name.endswith((".q_weight", ".q_scale")) else name
+        if base == "lm_head.weight" and tied:
+            base = "model.embed_tokens.weight"
+        missing += [n for n in source_names(base) if n not in available]
+    if missing:
+        shown = ", ".join(sorted(set(missing))[:5])
+        raise WeightFileError(
+            f"the weights lack {len(set(missing))} tensor(s) the model needs ({shown}); "
+            "the checkpoint is incomplete or does not match its config.json."
+        )
+
+
+def convert_weight(source_path: str | Path, quantization: str, output: str | Path, show_progress: bool = True) -> TensorCacheIndex:
+    """Convert and quantize weights into ``output`` (tensor-cache.json + params_shard_*.bin)."""
+    quant = get_quantization(quantization)
+    source = open_source(source_path)
+    try:
+        config = TransformerConfig.from_hf(source.config)
+        params = model_params(config, quantization)
+        _check_complete(source, params, config.tie_word_embeddings)
+        logical = sum(_logical_size(n, s, quant.elems_per_storage if quant.is_grouped else 1) for n, s, _ in params)
+        bar = tqdm(total=len(params), desc=f"convert {quantization}", unit="tensor", disable=not show_progress)
+
+        def tensors():
+            for name, value in convert_params(source, params, quant, config.tie_word_embeddings):
+                bar.update(1)
+                bar.set_postfix_str(name[-40:], refresh=False)
+                yield name, value.shape, str(value.dtype), value
+
+        with staged_output_dir(output) as staging:
+            index = write_tensor_cache(staging, tensors(), logical_param_count=logical)
+        bar.close()
+        return index
+    finally:
+        source.close()
+

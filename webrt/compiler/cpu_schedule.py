@@ -1,0 +1,63 @@
+"""CPU schedule for webrt's fused ``x @ W^T`` kernels (GEMV in decode, GEMM in prefill).
+
+The reduction runs along K, which is contiguous in both ``x`` and the weight rows. The K loop is
+split into SIMD-wide lanes and ``rfactor``-ed, so the lanes accumulate independent partial sums
+in vector registers (a float reduction is not vectorized otherwise), and the output rows are
+split across threads. A grouped-quantization ``dequantize`` producer is inlined, so each packed
+weight word is loaded once and unpacked in registers; epilogues (cast, bias, residual add) are
+inlined into the write-back.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.target import Target
+
+LANES = 8  # AVX2 float32 width; LLVM splits or widens for other ISAs
+ROWS_PER_TASK = 16
+
+
+class NTMatmulCPU(dl.ScheduleRule):
+    """Schedule functions whose main block is webrt's ``NT_matmul``."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):  # noqa: D102
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            main = sch.get_sblock("NT_matmul")
+        except Exception:  # noqa: BLE001 - not one of ours
+            return None
+        for name in ("dequantize",):
+            try:
+                sch.compute_inline(sch.get_sblock(name))
+            except Exception:  # noqa: BLE001 - absent (unquantized weights)
+                pass
+        consumers = sch.get_consumers(main)
+        while consumers:
+            if len(consumers) != 1:
+                return None
+            try:
+                sch.reverse_compute_inline(consumers[0])
+            except Exception:  # noqa: BLE001 - an epilogue that cannot be inlined
+                return None
+            consumers = sch.get_consumers(main)
+        *spatial, k = sch.get_loops(main)
+        k_extent = sch.get(k).extent
+        if not isinstance(k_extent, tirx.IntImm) or int(k_extent) % LANES:
+            return None
+        # spatial = [batch..., rows-of-x..., n]; keep n outermost so a weight row is read once
+        # and reused (from cache) by every row of x in a prefill.
+        n = spatial[-1]
+        rows = spatial[:-1]
+        n_outer, n_inner = sch.split(n, [None, ROWS_PER_TASK])
+        sch.reorder(n_outer, *rows, n_inner, k)
+        k_outer, k_lane = sch.split(k, [None, LANES])
+        partial = sch.rfactor(k_lane, factor_axis=len(spatial))
+        partial_loops = sch.get_loops(partial)  # n_outer, rows..., n_inner, k_outer, lane
+        sch.reverse_compute_at(main, partial_loops[-3])  # sum the lanes right after each row
+        sch.parallel(partial_loops[0])
+        sch.vectorize(partial_loops[-1])
+        sch.decompose_reduction(partial, partial_loops[-2])
+        return sch

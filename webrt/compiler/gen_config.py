@@ -1,0 +1,231 @@
+"""``webrt gen_config``: write ``mlc-chat-config.json`` and the tokenizer files.
+
+Fields and defaults follow MLC-LLM's gen_config, so WebLLM reads the result as it reads MLC's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from webrt import __version__
+from webrt.compiler.output import staged_output_dir
+from webrt.compiler.quantization import get_quantization
+from webrt.compiler.sources import GGUFSource, open_source
+from webrt.conversation import get_conv_template
+from webrt.errors import ModelConfigError
+from webrt.models import MODEL_TYPES, check_architecture
+from webrt.models.config import TransformerConfig
+
+CHAT_CONFIG_NAME = "mlc-chat-config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "special_tokens_map.json",
+)
+DEFAULT_PREFILL_CHUNK = 2048
+SLIDING_WINDOW_SINK = 4
+GENERATION_DEFAULTS = {
+    "temperature": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "top_p": 1.0,
+}
+
+
+def _window_settings(
+    config: TransformerConfig,
+    context_window_size: int | None,
+    sliding_window_size: int | None,
+    attention_sink_size: int | None,
+) -> tuple[int, int, int]:
+    """(context_window_size, sliding_window_size, attention_sink_size); exactly one window is -1."""
+    sliding = config.sliding_window_size if sliding_window_size is None else sliding_window_size
+    if sliding is not None and sliding > 0:
+        context = -1 if context_window_size is None else context_window_size
+        if context not in (-1, None):
+            raise ModelConfigError(
+                "a sliding-window model takes --sliding-window-size, not --context-window-size; "
+                "pass --sliding-window-size -1 to turn the window off."
+            )
+        sink = SLIDING_WINDOW_SINK if attention_sink_size is None else attention_sink_size
+        return -1, sliding, sink
+    context = config.context_window_size if context_window_size is None else context_window_size
+    if context <= 0:
+        raise ModelConfigError(f"context_window_size must be positive, got {context}")
+    return context, -1, -1 if attention_sink_size is None else attention_sink_size
+
+
+def _generation_defaults(folder: Path | None) -> dict[str, float]:
+    values = dict(GENERATION_DEFAULTS)
+    gen = folder / "generation_config.json" if folder else None
+    if gen is not None and gen.is_file():
+        data = json.loads(gen.read_text())
+        for key in values:
+            if isinstance(data.get(key), (int, float)):
+                values[key] = float(data[key])
+    return values
+
+
+def tokenizer_info(tokenizer_json: dict[str, Any]) -> dict[str, Any]:
+    """MLC's ``tokenizer_info``: how token strings map back to text."""
+    decoder = tokenizer_json.get("decoder") or {}
+    kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders", []) or []}
+    model = tokenizer_json.get("model") or {}
+    if "ByteLevel" in kinds:
+        method = "byte_level"
+    elif model.get("byte_fallback") or "ByteFallback" in kinds:
+        method = "byte_fallback"
+    else:
+        method = "raw"
+    normalizer = json.dumps(tokenizer_json.get("normalizer") or {})
+    pre = json.dumps(tokenizer_json.get("pre_tokenizer") or {})
+    prepend = '"Prepend"' in normalizer or '"prepend_scheme": "always"' in pre or '"prepend_scheme": "first"' in pre
+    return {
+        "token_postproc_method": method,
+        "prepend_space_in_encode": prepend,
+        "strip_space_in_decode": "Strip" in kinds,
+    }
+
+
+def _write_tokenizer(source_path: Path, is_gguf: bool, staging: Path) -> list[str]:
+    """Copy the tokenizer files (or build them from GGUF metadata); return their names."""
+    if is_gguf:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise ModelConfigError(
+                "building tokenizer.json from GGUF metadata needs transformers (`pip install transformers`)"
+            ) from None
+        tok = AutoTokenizer.from_pretrained(str(source_path.parent), gguf_file=source_path.name, local_files_only=True)
+        tok.save_pretrained(str(staging))
+        (staging / "chat_template.jinja").unlink(missing_ok=True)
+        return [n for n in ("tokenizer.json", "tokenizer_config.json") if (staging / n).exists()]
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = source_path / name
+        if src.is_file():
+            shutil.copyfile(src, staging / name)
+            copied.append(name)
+    if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
+        raise ModelConfigError(
+            f"{source_path} has neither tokenizer.json nor tokenizer.model; add the tokenizer files to the folder."
+        )
+    return copied
+
+
+def _token_ids(source_config: dict[str, Any], gguf: GGUFSource | None) -> dict[str, Any]:
+    if gguf is not None:
+        fields = gguf._reader.fields  # noqa: SLF001 - token ids are only in the raw GGUF fields
+        def field(key: str):
+            return int(fields[key].contents()) if key in fields else None
+        return {
+            "pad_token_id": field("tokenizer.ggml.padding_token_id") or 0,
+            "bos_token_id": field("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": field("tokenizer.ggml.eos_token_id"),
+        }
+    return {
+        "pad_token_id": source_config.get("pad_token_id") or 0,
+        "bos_token_id": source_config.get("bos_token_id"),
+        "eos_token_id": source_config.get("eos_token_id"),
+    }
+
+
+def gen_config(
+    source_path: str | Path,
+    quantization: str,
+    conv_template: str,
+    output: str | Path,
+    context_window_size: int | None = None,
+    sliding_window_size: int | None = None,
+    prefill_chunk_size: int | None = None,
+    attention_sink_size: int | None = None,
+) -> dict[str, Any]:
+    """Write mlc-chat-config.json plus tokenizer files into ``output``; return the config."""
+    get_quantization(quantization)
+    conv = get_conv_template(conv_template)
+    source_path = Path(source_path)
+    source = open_source(source_path)
+    try:
+        config = TransformerConfig.from_hf(source.config)
+        check_architecture(config.architecture)
+        context, sliding, sink = _window_settings(config, context_window_size, sliding_window_size, attention_sink_size)
+        window = sliding if sliding > 0 else context
+        chunk = prefill_chunk_size or min(window, DEFAULT_PREFILL_CHUNK)
+        if chunk <= 0:
+            raise ModelConfigError(f"prefill_chunk_size must be positive, got {chunk}")
+        config = config.override(
+            context_window_size=context, sliding_window_size=sliding, prefill_chunk_size=min(chunk, window)
+        )
+        is_gguf = isinstance(source, GGUFSource)
+        folder = None if is_gguf else source_path
+        chat_config: dict[str, Any] = {
+            "version": __version__,
+            "model_type": MODEL_TYPES[config.architecture],
+            "quantization": quantization,
+            "model_config": config.to_dict(),
+            "vocab_size": config.vocab_size,
+            "context_window_size": context,
+            "sliding_window_size": sliding,
+            "prefill_chunk_size": config.prefill_chunk_size,
+            "attention_sink_size": sink,
+            "tensor_parallel_shards": 1,
+            "pipeline_parallel_stages": 1,
+            **_generation_defaults(folder),
+        }
+        with staged_output_dir(output) as staging:
+            files = _write_tokenizer(source_path, is_gguf, staging)
+            tokenizer_json = staging / "tokenizer.json"
+            info = tokenizer_info(json.loads(tokenizer_json.read_text())) if tokenizer_json.exists() else {}
+            chat_config.update(
+                {
+                    "tokenizer_files": files,
+                    "tokenizer_info": info,
+                    "conv_template": conv.to_json_dict(),
+                    **_token_ids(source.config, source if is_gguf else None),
+                }
+            )
+            (staging / CHAT_CONFIG_NAME).write_text(json.dumps(chat_config, indent=2))
+        return chat_config
+    finally:
+        source.close()
+
+
+REQUIRED_CHAT_CONFIG_FIELDS = (
+    "model_type",
+    "quantization",
+    "model_config",
+    "vocab_size",
+    "context_window_size",
+    "sliding_window_size",
+    "prefill_chunk_size",
+    "attention_sink_size",
+    "tokenizer_files",
+    "conv_template",
+)
+
+
+def load_chat_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate an mlc-chat-config.json (a folder holding one also works)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHAT_CONFIG_NAME
+    if not p.is_file():
+        raise ModelConfigError(f"{p} does not exist; run `webrt gen_config` first.")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelConfigError(f"{p} is not valid JSON ({e}); regenerate it with `webrt gen_config`.") from None
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"{p} must hold a JSON object; regenerate it with `webrt gen_config`.")
+    missing = [k for k in REQUIRED_CHAT_CONFIG_FIELDS if k not in data]
+    if missing:
+        raise ModelConfigError(f"{p} lacks required field(s) {', '.join(missing)}; regenerate it with `webrt gen_config`.")
+    return data

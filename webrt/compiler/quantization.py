@@ -1,0 +1,103 @@
+"""Quantization schemes, with MLC-LLM's names and exact storage layout.
+
+``qAfB`` means A-bit weights (0 = not quantized) and B-bit float activations/scales.
+The grouped schemes (``q4f16_1``, ``q4f32_1``) quantize each row of a weight matrix in groups of
+32 consecutive elements along the reduction axis (K). Each group shares one scale
+``max|w| / 7``; the stored value is ``clamp(round(w / scale) + 7, 0, 14)``; eight 4-bit values
+pack into one uint32 with element ``i`` in bits ``4i .. 4i+3``. A ``[out, in]`` weight becomes
+``q_weight`` uint32 ``[out, in/8]`` and ``q_scale`` ``[out, in/32]`` in the float dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from webrt.errors import UnsupportedQuantizationError
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """One quantization scheme: how weights are stored and what dtype the model computes in."""
+
+    name: str
+    model_dtype: str  # activations, norms, KV cache, scales
+    bits: int = 0  # 0: weights stored unquantized in model_dtype
+    group_size: int = 32
+
+    @property
+    def is_grouped(self) -> bool:
+        return self.bits > 0
+
+    @property
+    def elems_per_storage(self) -> int:
+        """How many quantized values share one uint32."""
+        return 32 // self.bits
+
+    @property
+    def max_int(self) -> int:
+        """The signed magnitude the grouped scale maps ``max|w|`` to (7 for 4 bits)."""
+        return (1 << (self.bits - 1)) - 1
+
+    def check_reduction_dim(self, name: str, k: int) -> None:
+        """Raise if a weight's reduction axis cannot be split into whole groups."""
+        if self.is_grouped and k % self.group_size:
+            raise UnsupportedQuantizationError(
+                f"{self.name} needs the input dimension of {name} ({k}) to be a multiple of "
+                f"{self.group_size}; use q0f32 or q0f16 for this model."
+            )
+
+
+QUANTIZATIONS: dict[str, Quantization] = {
+    q.name: q
+    for q in (
+        Quantization("q0f32", "float32"),
+        Quantization("q0f16", "float16"),
+        Quantization("q4f16_1", "float16", bits=4),
+        Quantization("q4f32_1", "float32", bits=4),
+    )
+}
+
+
+def get_quantization(name: str) -> Quantization:
+    """Look a scheme up by name, with an error that lists the known ones."""
+    try:
+        return QUANTIZATIONS[name]
+    except KeyError:
+        known = ", ".join(QUANTIZATIONS)
+        raise UnsupportedQuantizationError(
+            f"unknown quantization {name!r}; choose one of: {known}"
+        ) from None
+
+
+def quantize_grouped(weight: np.ndarray, quant: Quantization) -> tuple[np.ndarray, np.ndarray]:
+    """Pack a float ``[..., K]`` matrix into (q_weight uint32 ``[..., K/8]``, q_scale ``[..., K/32]``).
+
+    The scale is rounded to its storage dtype first and the weights are quantized against that
+    rounded scale, so dequantization reproduces exactly the values the rounding chose.
+    """
+    assert quant.is_grouped
+    w = np.asarray(weight, dtype=np.float32)
+    *lead, k = w.shape
+    quant.check_reduction_dim("weight", k)
+    groups = w.reshape(*lead, k // quant.group_size, quant.group_size)
+    scale = (np.abs(groups).max(axis=-1) / quant.max_int).astype(quant.model_dtype)
+    safe_scale = np.where(scale == 0, 1, scale).astype(np.float32)[..., None]
+    q = np.clip(np.rint(groups / safe_scale) + quant.max_int, 0, 2 * quant.max_int)
+    q = q.astype(np.uint32).reshape(*lead, k // quant.elems_per_storage, quant.elems_per_storage)
+    shifts = np.arange(quant.elems_per_storage, dtype=np.uint32) * quant.bits
+    packed = np.bitwise_or.reduce(q << shifts, axis=-1).astype(np.uint32)
+    return packed, scale
+
+
+def dequantize_grouped(q_weight: np.ndarray, q_scale: np.ndarray, quant: Quantization) -> np.ndarray:
+    """Inverse of :func:`quantize_grouped` (up to rounding), in float32."""
+    assert quant.is_grouped
+    shifts = np.arange(quant.elems_per_storage, dtype=np.uint32) * quant.bits
+    mask = np.uint32((1 << quant.bits) - 1)
+    q = (q_weight[..., None] >> shifts) & mask
+    *lead, n_storage, per = q.shape
+    values = q.reshape(*lead, n_storage * per).astype(np.float32) - quant.max_int
+    scale = np.repeat(q_scale.astype(np.float32), quant.group_size, axis=-1)
+    return values * scale

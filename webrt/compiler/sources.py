@@ -1,0 +1,284 @@
+"""Read model weights and configs from a Hugging Face folder or a GGUF file.
+
+A source exposes the HF-style config dict and float tensors under their Hugging Face names
+(``model.layers.0.self_attn.q_proj.weight``), whatever the file format. GGUF tensors are
+dequantized and renamed, and llama.cpp's permutation of ``attn_q`` / ``attn_k`` rows (its RoPE
+layout) is undone, so both kinds of source feed the same converter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from webrt.errors import ModelConfigError, WeightFileError
+
+
+class WeightSource(ABC):
+    """Tensors under HF names plus the HF config dict."""
+
+    path: Path
+    config: dict[str, Any]
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """All tensor names, HF style."""
+
+    @abstractmethod
+    def get(self, name: str) -> np.ndarray:
+        """One tensor as a numpy array (float tensors as float32/float16/bfloat16->float32)."""
+
+    def __contains__(self, name: str) -> bool:
+        return name in set(self.names())
+
+    def close(self) -> None:
+        """Release file handles."""
+
+
+def open_source(path: str | Path) -> WeightSource:
+    """Open a HF model folder (safetensors or PyTorch .bin) or a ``.gguf`` file."""
+    p = Path(path)
+    if not p.exists():
+        raise WeightFileError(f"{p} does not exist; pass a Hugging Face model folder or a .gguf file.")
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return GGUFSource(p)
+        raise WeightFileError(f"{p} is a file but not a .gguf; pass the model folder that holds config.json instead.")
+    return HFSource(p)
+
+
+# --- Hugging Face folders ---------------------------------------------------------------------
+class HFSource(WeightSource):
+    """A folder with config.json and safetensors or PyTorch ``.bin`` weights, sharded or not."""
+
+    def __init__(self, folder: Path):
+        self.path = folder
+        cfg = folder / "config.json"
+        if not cfg.is_file():
+            raise ModelConfigError(f"{folder} has no config.json; pass a Hugging Face model folder.")
+        try:
+            self.config = json.loads(cfg.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelConfigError(f"{cfg} is not valid JSON ({e}); re-download the model.") from None
+        self._where: dict[str, Path] = {}
+        self._handles: dict[Path, Any] = {}
+        self._bin_cache: dict[Path, dict[str, Any]] = {}
+        files = self._weight_files()
+        for f in files:
+            for name in self._tensor_names(f):
+                self._where[name] = f
+
+    def _weight_files(self) -> list[Path]:
+        for index_name, pattern in (
+            ("model.safetensors.index.json", "*.safetensors"),
+            ("pytorch_model.bin.index.json", "*.bin"),
+        ):
+            index = self.path / index_name
+            if index.is_file():
+                try:
+                    weight_map = json.loads(index.read_text())["weight_map"]
+                except (json.JSONDecodeError, KeyError) as e:
+                    raise WeightFileError(f"{index} is corrupt ({e}); re-download the model.") from None
+                files = sorted({self.path / v for v in weight_map.values()})
+                missing = [f.name for f in files if not f.is_file()]
+                if missing:
+                    raise WeightFileError(f"{index.name} lists missing shard(s) {', '.join(missing)}; re-download them.")
+                return files
+        files = sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("pytorch_model*.bin"))
+        if not files:
+            raise WeightFileError(
+                f"{self.path} has no *.safetensors or pytorch_model*.bin weights; download the weights too."
+            )
+        return files
+
+    def _tensor_names(self, f: Path) -> list[str]:
+        if f.suffix == ".safetensors":
+            return list(self._safetensors(f).keys())
+        return list(self._torch_bin(f).keys())
+
+    def _safetensors(self, f: Path):
+        if f not in self._handles:
+            from safetensors import safe_open
+
+            try:
+                self._handles[f] = safe_open(str(f), framework="numpy")
+            except Exception as e:  # safetensors raises its own error types
+                raise WeightFileError(f"cannot read {f.name}: {e}; the file is corrupt or truncated, re-download it.") from None
+        return self._handles[f]
+
+    def _torch_bin(self, f: Path) -> dict[str, Any]:
+        if f not in self._bin_cache:
+            try:
+                import torch
+            except ImportError:
+                raise WeightFileError(
+                    f"{f.name} is a PyTorch checkpoint; reading it needs torch (`pip install torch==2.13.0`), "
+                    "or convert the model to safetensors."
+                ) from None
+            try:
+                # Keep one shard in memory at a time: checkpoints are large, tensors are read in order.
+                self._bin_cache = {f: torch.load(str(f), map_location="cpu", weights_only=True)}
+            except Exception as e:
+                raise WeightFileError(f"cannot read {f.name}: {e}; the file is corrupt, re-download it.") from None
+        return self._bin_cache[f]
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def get(self, name: str) -> np.ndarray:
+        f = self._where.get(name)
+        if f is None:
+            raise WeightFileError(f"tensor {name!r} is not in {self.path}; the checkpoint is incomplete.")
+        if f.suffix == ".safetensors":
+            try:
+                return np.asarray(self._safetensors(f).get_tensor(name))
+            except Exception as e:
+                raise WeightFileError(f"cannot read tensor {name!r} from {f.name}: {e}") from None
+        t = self._torch_bin(f)[name]
+        return t.float().numpy() if t.is_floating_point() else t.numpy()
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._bin_cache.clear()
+
+
+# --- GGUF -------------------------------------------------------------------------------------
+_GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+
+_GGUF_NAMES = [
+    (r"token_embd\.weight", "model.embed_tokens.weight"),
+    (r"output_norm\.weight", "model.norm.weight"),
+    (r"output\.weight", "lm_head.weight"),
+    (r"blk\.(\d+)\.attn_norm\.weight", "model.layers.{0}.input_layernorm.weight"),
+    (r"blk\.(\d+)\.ffn_norm\.weight", "model.layers.{0}.post_attention_layernorm.weight"),
+    (r"blk\.(\d+)\.attn_q\.(weight|bias)", "model.layers.{0}.self_attn.q_proj.{1}"),
+    (r"blk\.(\d+)\.attn_k\.(weight|bias)", "model.layers.{0}.self_attn.k_proj.{1}"),
+    (r"blk\.(\d+)\.attn_v\.(weight|bias)", "model.layers.{0}.self_attn.v_proj.{1}"),
+    (r"blk\.(\d+)\.attn_output\.weight", "model.layers.{0}.self_attn.o_proj.weight"),
+    (r"blk\.(\d+)\.ffn_gate\.weight", "model.layers.{0}.mlp.gate_proj.weight"),
+    (r"blk\.(\d+)\.ffn_up\.weight", "model.layers.{0}.mlp.up_proj.weight"),
+    (r"blk\.(\d+)\.ffn_down\.weight", "model.layers.{0}.mlp.down_proj.weight"),
+]
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    for pattern, template in _GGUF_NAMES:
+        m = re.fullmatch(pattern, gguf_name)
+        if m:
+            return template.format(*m.groups())
+    return None
+
+
+def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's row order for q/k: per head, rows were interleaved (pairs) for its RoPE."""
+    rows = w.shape[0]
+    head_dim = rows // n_heads
+    rest = w.shape[1:]
+    return w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
+
+
+class GGUFSource(WeightSource):
+    """A llama.cpp GGUF file: metadata becomes a HF config dict, tensors are dequantized."""
+
+    def __init__(self, path: Path):
+        import gguf
+
+        self.path = path
+        try:
+            self._reader = gguf.GGUFReader(str(path))
+        except Exception as e:
+            raise WeightFileError(f"cannot read {path.name} as GGUF: {e}; the file is corrupt or truncated.") from None
+        self.metadata = {k: self._field(k) for k in self._reader.fields if not k.startswith("tokenizer.ggml.")}
+        self._tensors = {}
+        for t in self._reader.tensors:
+            name = _hf_name(t.name)
+            if name is not None:
+                self._tensors[name] = t
+        self.config = self._hf_config()
+
+    def _field(self, key: str) -> Any:
+        try:
+            return self._reader.fields[key].contents()
+        except Exception:  # noqa: BLE001 - a field of an unusual type: not needed for the config
+            return None
+
+    def _hf_config(self) -> dict[str, Any]:
+        md = self.metadata
+        arch = md.get("general.architecture")
+        if arch not in _GGUF_ARCHITECTURES:
+            from webrt.errors import UnsupportedArchitectureError
+
+            raise UnsupportedArchitectureError(
+                f"GGUF architecture {arch!r} is not supported; webrt reads: {', '.join(_GGUF_ARCHITECTURES)}"
+            )
+        if any(t.name == "rope_freqs.weight" for t in self._reader.tensors):
+            raise ModelConfigError(
+                "this GGUF stores RoPE frequency factors (Llama-3.1 scaling) that cannot be mapped back to a "
+                "rope_scaling config; convert from the Hugging Face safetensors instead."
+            )
+
+        def need(key: str) -> Any:
+            value = md.get(f"{arch}.{key}")
+            if value is None:
+                raise ModelConfigError(f"GGUF metadata lacks {arch}.{key}; the file is incomplete.")
+            return value
+
+        heads = int(need("attention.head_count"))
+        hidden = int(need("embedding_length"))
+        embed = self._tensors.get("model.embed_tokens.weight")
+        vocab = md.get(f"{arch}.vocab_size") or (int(embed.shape[1]) if embed is not None else None)
+        cfg = {
+            "architectures": [_GGUF_ARCHITECTURES[arch]],
+            "model_type": arch,
+            "vocab_size": int(vocab),
+            "hidden_size": hidden,
+            "intermediate_size": int(need("feed_forward_length")),
+            "num_hidden_layers": int(need("block_count")),
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(md.get(f"{arch}.attention.head_count_kv") or heads),
+            "head_dim": int(md.get(f"{arch}.rope.dimension_count") or hidden // heads),
+            "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")),
+            "rope_theta": float(md.get(f"{arch}.rope.freq_base") or 10000.0),
+            "max_position_embeddings": int(need("context_length")),
+            "tie_word_embeddings": "lm_head.weight" not in self._tensors,
+            "attention_bias": "model.layers.0.self_attn.q_proj.bias" in self._tensors and arch != "qwen2",
+        }
+        window = md.get(f"{arch}.attention.sliding_window")
+        if window:
+            cfg["sliding_window"] = int(window)
+        return cfg
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def get(self, name: str) -> np.ndarray:
+        import gguf
+
+        t = self._tensors.get(name)
+        if t is None:
+            raise WeightFileError(f"tensor {name!r} is not in {self.path.name}; the GGUF is incomplete.")
+        try:
+            w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        except Exception as e:
+            raise WeightFileError(f"cannot dequantize {t.name} ({t.tensor_type.name}) from {self.path.name}: {e}") from None
+        if self.metadata.get("general.architecture") != "llama":
+            return w  # only llama.cpp's "llama" converter permutes q/k rows
+        if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+            w = unpermute_rope_rows(w, self.config["num_attention_heads"])
+        elif name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+            w = unpermute_rope_rows(w, self.config["num_key_value_heads"])
+        return w
+
+    def close(self) -> None:
+        self._reader = None  # type: ignore[assignment]
+
+
+def iter_tensors(source: WeightSource) -> Iterator[tuple[str, np.ndarray]]:
+    """All tensors of a source, one at a time."""
+    for name in source.names():
+        yield name, source.get(name)

@@ -1,0 +1,209 @@
+"""Drive one model library through the paged KV cache: prefill, decode, sample on the device.
+
+Pure Python over :class:`webrt.engine.backend.Backend`; the same code runs natively and in the
+browser. One sequence (id 0) lives in the cache. Prompts are prefilled in chunks of at most
+``prefill_chunk_size`` tokens; the library's memory plan is sized for that bound.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from webrt.engine.backend import Backend
+from webrt.errors import ContextWindowSizeExceededError, ModelLibraryError
+
+PAGE_SIZE = 16
+REQUIRED_FUNCTIONS = ("embed", "decode", "create_tir_paged_kv_cache", "argmax_logits", "softmax_with_temperature")
+
+
+def _pack(fmt: str, values: Sequence[Any]) -> bytes:
+    return struct.pack(f"<{len(values)}{fmt}", *values)
+
+
+@dataclass
+class WindowConfig:
+    """The cache geometry a chat config asks for."""
+
+    context_window_size: int
+    sliding_window_size: int
+    attention_sink_size: int
+    prefill_chunk_size: int
+
+    @property
+    def uses_sliding_window(self) -> bool:
+        return self.sliding_window_size > 0
+
+    @property
+    def max_total_length(self) -> int:
+        return self.sliding_window_size if self.uses_sliding_window else self.context_window_size
+
+
+class ModelRunner:
+    """The KV cache and the per-step calls for a single conversation."""
+
+    def __init__(self, backend: Backend, window: WindowConfig):
+        self.backend = backend
+        self.window = window
+        missing = [f for f in REQUIRED_FUNCTIONS if not backend.has_function(f)]
+        if missing:
+            raise ModelLibraryError(f"the model library lacks {', '.join(missing)}; recompile it with `webrt compile`.")
+        meta = backend.metadata
+        self.vocab_size = int(meta.get("webrt", {}).get("vocab_size") or meta.get("vocab_size") or 0)
+        self.hidden_size = None  # learned from embed's output
+        lib_chunk = int(meta.get("prefill_chunk_size", window.prefill_chunk_size))
+        self.chunk = max(1, min(window.prefill_chunk_size, lib_chunk))
+        g = backend.global_function
+        self._begin_forward = g("vm.builtin.kv_state_begin_forward")
+        self._end_forward = g("vm.builtin.kv_state_end_forward")
+        self._add_sequence = g("vm.builtin.kv_state_add_sequence")
+        self._clear = g("vm.builtin.kv_state_clear")
+        self._popn = g("vm.builtin.kv_state_popn")
+        self._embed = backend.function("embed")
+        self._decode = backend.function("decode")
+        self._prefill = backend.function("prefill") if backend.has_function("prefill") else None
+        self._argmax = backend.function("argmax_logits")
+        shape = backend.shape_tuple
+        self.kv_cache = backend.function("create_tir_paged_kv_cache")(
+            shape([1]),
+            shape([window.max_total_length]),
+            shape([self.chunk]),
+            shape([PAGE_SIZE]),
+            shape([1 if window.uses_sliding_window else 0]),
+        )
+        self._seq_zero = shape([0])
+        self.total_tokens = 0  # tokens currently in the cache
+        self.reset()
+
+    # --- cache --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empty the cache and start sequence 0 again."""
+        self._clear(self.kv_cache)
+        self._add_sequence(self.kv_cache, 0)
+        if self.window.uses_sliding_window:
+            self.backend.global_function("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")(
+                self.kv_cache, 0, self.window.sliding_window_size, max(self.window.attention_sink_size, 0)
+            )
+        self.total_tokens = 0
+
+    def rollback(self, n: int) -> None:
+        """Forget the last ``n`` tokens of the cache."""
+        if n <= 0:
+            return
+        if n > self.total_tokens:
+            raise ValueError(f"cannot roll back {n} tokens, the cache holds {self.total_tokens}")
+        self._popn(self.kv_cache, 0, n)
+        self.total_tokens -= n
+
+    def check_fits(self, new_tokens: int) -> None:
+        """Raise before running if the context window cannot hold ``new_tokens`` more."""
+        if self.window.uses_sliding_window:
+            return
+        limit = self.window.context_window_size
+        if self.total_tokens + new_tokens > limit:
+            raise ContextWindowSizeExceededError(
+                f"the prompt needs {self.total_tokens + new_tokens} tokens but the context window is {limit}; "
+                "shorten the conversation, call reset_chat(), or use a model compiled with a larger "
+                "context_window_size."
+            )
+
+    # --- forward --------------------------------------------------------------------------------
+    def _forward(self, tokens: Sequence[int]) -> Any:
+        n = len(tokens)
+        embedding = self._embed(self.backend.upload(_pack("i", tokens), (n,), "int32"), self.backend.params)
+        hidden = embedding.shape[-1]
+        embedding = self.backend.view(embedding, (1, n, hidden))
+        self._begin_forward(self.kv_cache, self._seq_zero, self.backend.shape_tuple([n]))
+        fn = self._prefill if (n > 1 and self._prefill is not None) else self._decode
+        if n > 1 and self._prefill is None:
+            raise ModelLibraryError("the model library has no prefill function; recompile it with `webrt compile`.")
+        out = fn(embedding, self.kv_cache, self.backend.params)
+        self._end_forward(self.kv_cache)
+        self.total_tokens += n
+        return out[0]
+
+    def prefill(self, tokens: Sequence[int]) -> Any:
+        """Append ``tokens`` to the cache; return the logits tensor [1, 1, V] after the last one."""
+        if not tokens:
+            raise ValueError("prefill needs at least one token")
+        self.check_fits(len(tokens))
+        logits = None
+        for start in range(0, len(tokens), self.chunk):
+            logits = self._forward(tokens[start : start + self.chunk])
+        return logits
+
+    def decode(self, token: int) -> Any:
+        """Append one token; return the logits tensor [1, 1, V]."""
+        self.check_fits(1)
+        return self._forward([token])
+
+    # --- logits & sampling --------------------------------------------------------------------
+    def logits_to_list(self, logits: Any) -> list[float]:
+        """Copy the logits to the host as Python floats (for logprobs and tests)."""
+        data = self.backend.download(logits)
+        return list(struct.unpack(f"<{len(data) // 4}f", data))
+
+    def argmax(self, logits: Any) -> int:
+        """Greedy token id; only 4 bytes come back from the device."""
+        return struct.unpack("<i", self.backend.download(self._argmax(logits), 4))[0]
+
+    def probs(self, logits: Any, temperature: float) -> Any:
+        """softmax(logits / temperature) on the device, shaped [1, 1, V]."""
+        t = self.backend.upload(_pack("f", [temperature]), (1,), "float32")
+        return self.backend.function("softmax_with_temperature")(logits, t)
+
+    def sample(self, logits: Any, temperature: float, top_p: float, uniform: float) -> int:
+        """Draw a token with nucleus sampling using the device's argsort + top-p kernels."""
+        if temperature <= 1e-5:
+            return self.argmax(logits)
+        probs = self.backend.view(self.probs(logits, temperature), (1, self.vocab_size))
+        sorted_probs, sorted_ids = self.backend.function("argsort_probs")(probs)
+        b = self.backend
+        token = b.function("sample_with_top_p")(
+            sorted_probs,
+            sorted_ids,
+            b.upload(_pack("f", [uniform]), (1,), "float32"),
+            b.upload(_pack("i", [0]), (1,), "int32"),
+            b.upload(_pack("f", [top_p]), (1,), "float32"),
+        )
+        return struct.unpack("<i", b.download(token, 4))[0]
+
+    def apply_penalties(
+        self, logits: Any, token_counts: dict[int, int], presence: float, frequency: float, repetition: float
+    ) -> None:
+        """OpenAI presence/frequency and CTRL-style repetition penalties, in place on the device."""
+        if not token_counts:
+            return
+        ids = sorted(token_counts)
+        b = self.backend
+        b.function("apply_penalty_inplace")(
+            b.view(logits, (1, self.vocab_size)),
+            b.upload(_pack("i", [0]), (1,), "int32"),
+            b.upload(_pack("i", [0] * len(ids)), (len(ids),), "int32"),
+            b.upload(_pack("i", ids), (len(ids),), "int32"),
+            b.upload(_pack("i", [token_counts[i] for i in ids]), (len(ids),), "int32"),
+            b.upload(_pack("f", [presence, frequency, repetition]), (1, 3), "float32"),
+        )
+
+    def apply_logit_bias(self, logits: Any, bias: dict[int, float]) -> None:
+        """Add ``bias[token]`` to the logits, in place on the device."""
+        if not bias:
+            return
+        ids = sorted(bias)
+        b = self.backend
+        b.function("apply_logit_bias_inplace")(
+            b.view(logits, (1, self.vocab_size)),
+            b.upload(_pack("i", [0] * len(ids)), (len(ids),), "int32"),
+            b.upload(_pack("i", ids), (len(ids),), "int32"),
+            b.upload(_pack("f", [bias[i] for i in ids]), (len(ids),), "float32"),
+        )
+
+    def apply_bitmask(self, logits: Any, allowed_words: Sequence[int]) -> None:
+        """Keep only tokens whose bit is set (``allowed_words`` is ceil(V/32) int32 words)."""
+        b = self.backend
+        b.function("apply_bitmask_inplace")(
+            b.view(logits, (1, self.vocab_size)),
+            b.upload(_pack("i", [0]), (1,), "int32"),
+            b.upload(_pack("i", allowed_words), (1, len(allowed_words)), "int32"),
+        )
