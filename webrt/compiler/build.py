@@ -56,7 +56,7 @@ def export_model(config: TransformerConfig, quant: Quantization, target: Target)
     """Build the nn.Module for ``config`` and export it with the sampling functions attached."""
     model = model_class(config.architecture)(config, quant, target)
     mod, named_params = model.export_tvm(spec=model.get_default_spec())
-    mod = attach_sampling_functions(mod, target)
+    mod = attach_sampling_functions(mod, target, config.vocab_size)
     params = [(name, tuple(int(d) for d in p.shape), p.dtype) for name, p in named_params]
     return ExportedModel(mod, params, config, quant, target)
 

@@ -10,13 +10,15 @@ end on the device and read back one token id instead of the whole vocabulary:
   top_p f32[b]) -> i32[n]``;
 - in place on logits viewed ``[b,V]``: ``apply_logit_bias_inplace``, ``apply_penalty_inplace``
   (presence, frequency, repetition), ``apply_bitmask_inplace``;
-- webrt's own ``argmax_logits(logits f32[b,1,V]) -> i32[b]`` for greedy decoding.
+- webrt's own ``argmax_logits(logits f32[1,1,V]) -> i32[1]`` for greedy decoding.
 """
 
 from __future__ import annotations
 
+import functools
+
 import tvm
-from tvm import relax, s_tir, te, tirx
+from tvm import relax, te, tirx
 from tvm.relax.frontend import nn
 from tvm.script import tirx as T
 from tvm.target import Target
@@ -43,105 +45,184 @@ def _softmax_with_temperature(logits: te.Tensor, temperature: te.Tensor) -> te.T
 
 
 def _argmax(logits: te.Tensor) -> te.Tensor:
-    """First index of the row maximum (ties go to the lowest id, like numpy/torch argmax)."""
+    """First index of the row maximum (ties go to the lowest id, like numpy/torch argmax).
+
+    Two plain reductions (the max, then the smallest index holding it) rather than one tuple
+    reduction: the GPU reduction schedules handle single-output reductions.
+    """
     b, _, v = logits.shape
-
-    def combine(x, y):
-        take_y = tirx.any(y[1] > x[1], tirx.all(y[1] == x[1], y[0] < x[0]))
-        return tirx.Select(take_y, y[0], x[0]), tirx.Select(take_y, y[1], x[1])
-
-    def identity(t0, t1):
-        return tirx.const(-1, t0), tirx.min_value(t1)
-
-    reducer = te.comm_reducer(combine, identity, name="argmax")
     k = te.reduce_axis((0, v), "k")
-    idx, _ = te.compute(
-        (b,), lambda i: reducer((k.var.astype("int32"), logits[i, 0, k]), axis=k), name="argmax"
+    row_max = te.compute((b,), lambda i: te.max(logits[i, 0, k], axis=k), name="row_max")
+    k2 = te.reduce_axis((0, v), "k2")
+    first = te.compute(
+        (b,),
+        lambda i: te.min(tirx.Select(logits[i, 0, k2] == row_max[i], k2.var.astype("int32"), v.astype("int32")), axis=k2),
+        name="argmax",
     )
-    return idx
+    return first
 
 
-@T.prim_func(private=True, s_tir=True)
-def _apply_logit_bias(var_logits: T.handle, var_pos2seq: T.handle, var_tokens: T.handle, var_bias: T.handle):
-    T.func_attr({"tirx.noalias": True})
-    batch, vocab, n = T.int32(), T.int32(), T.int32()
-    logits = T.match_buffer(var_logits, (batch, vocab), "float32")
-    pos2seq = T.match_buffer(var_pos2seq, (n,), "int32")
-    tokens = T.match_buffer(var_tokens, (n,), "int32")
-    bias = T.match_buffer(var_bias, (n,), "float32")
-    for p in T.serial(n):
-        with T.sblock("bias"):
-            vp = T.axis.spatial(n, p)
-            logits[pos2seq[vp], tokens[vp]] = logits[pos2seq[vp], tokens[vp]] + bias[vp]
+def _in_place_kernels(target: Target) -> dict[str, tirx.PrimFunc]:
+    """The three logit-processing kernels, one thread per updated element on GPUs.
+
+    They read and write the logits in place, which schedule primitives refuse to bind, so the
+    loops are written bound: ``blocks x threads`` on a GPU, the same two loops serial on CPU.
+    """
+    gpu = target.kind.name != "llvm"
+    tx = THREADS_PER_GROUP
+    outer = functools.partial(T.thread_binding, thread="blockIdx.x") if gpu else T.serial
+    inner = functools.partial(T.thread_binding, thread="threadIdx.x") if gpu else T.serial
+
+    @T.prim_func(private=True, s_tir=True)
+    def apply_logit_bias(var_logits: T.handle, var_pos2seq: T.handle, var_tokens: T.handle, var_bias: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        batch, vocab, n = T.int32(), T.int32(), T.int32()
+        logits = T.match_buffer(var_logits, (batch, vocab), "float32")
+        pos2seq = T.match_buffer(var_pos2seq, (n,), "int32")
+        tokens = T.match_buffer(var_tokens, (n,), "int32")
+        bias = T.match_buffer(var_bias, (n,), "float32")
+        for p0 in outer(0, (n + tx - 1) // tx):
+            for p1 in inner(0, tx):
+                with T.sblock("bias"):
+                    vp = T.axis.spatial(n, p0 * tx + p1)
+                    T.where(p0 * tx + p1 < n)
+                    logits[pos2seq[vp], tokens[vp]] = logits[pos2seq[vp], tokens[vp]] + bias[vp]
+
+    @T.prim_func(private=True, s_tir=True)
+    def apply_penalty(
+        var_logits: T.handle,
+        var_seq_ids: T.handle,
+        var_pos2seq: T.handle,
+        var_tokens: T.handle,
+        var_counts: T.handle,
+        var_penalties: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        batch, vocab, n, num_seq = T.int32(), T.int32(), T.int32(), T.int32()
+        logits = T.match_buffer(var_logits, (batch, vocab), "float32")
+        seq_ids = T.match_buffer(var_seq_ids, (num_seq,), "int32")
+        pos2seq = T.match_buffer(var_pos2seq, (n,), "int32")
+        tokens = T.match_buffer(var_tokens, (n,), "int32")
+        counts = T.match_buffer(var_counts, (n,), "int32")
+        penalties = T.match_buffer(var_penalties, (num_seq, 3), "float32")  # presence, frequency, repetition
+        for p0 in outer(0, (n + tx - 1) // tx):
+            for p1 in inner(0, tx):
+                with T.sblock("penalty"):
+                    vp = T.axis.spatial(n, p0 * tx + p1)
+                    T.where(p0 * tx + p1 < n)
+                    logits[seq_ids[pos2seq[vp]], tokens[vp]] = (
+                        logits[seq_ids[pos2seq[vp]], tokens[vp]]
+                        - penalties[pos2seq[vp], 0]
+                        - T.Cast("float32", counts[vp]) * penalties[pos2seq[vp], 1]
+                    )
+                    logits[seq_ids[pos2seq[vp]], tokens[vp]] = T.if_then_else(
+                        logits[seq_ids[pos2seq[vp]], tokens[vp]] < T.float32(0),
+                        logits[seq_ids[pos2seq[vp]], tokens[vp]] * penalties[pos2seq[vp], 2],
+                        logits[seq_ids[pos2seq[vp]], tokens[vp]] / penalties[pos2seq[vp], 2],
+                    )
+
+    @T.prim_func(private=True, s_tir=True)
+    def apply_bitmask(var_logits: T.handle, var_seq_ids: T.handle, var_bitmask: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        batch, vocab, num_seq = T.int32(), T.int32(), T.int32()
+        logits = T.match_buffer(var_logits, (batch, vocab), "float32")
+        seq_ids = T.match_buffer(var_seq_ids, (num_seq,), "int32")
+        bitmask = T.match_buffer(var_bitmask, (batch, (vocab + 31) // 32), "int32")
+        for p0 in outer(0, (num_seq * vocab + tx - 1) // tx):
+            for p1 in inner(0, tx):
+                with T.sblock("mask"):
+                    vp = T.axis.spatial(num_seq * vocab, p0 * tx + p1)
+                    T.where(p0 * tx + p1 < num_seq * vocab)
+                    logits[seq_ids[vp // vocab], vp % vocab] = T.if_then_else(
+                        (bitmask[seq_ids[vp // vocab], (vp % vocab) // 32] >> ((vp % vocab) % 32)) & 1 == 1,
+                        logits[seq_ids[vp // vocab], vp % vocab],
+                        T.min_value("float32"),
+                    )
+
+    return {
+        "apply_logit_bias_inplace": apply_logit_bias,
+        "apply_penalty_inplace": apply_penalty,
+        "apply_bitmask_inplace": apply_bitmask,
+    }
 
 
-@T.prim_func(private=True, s_tir=True)
-def _apply_penalty(
-    var_logits: T.handle,
-    var_seq_ids: T.handle,
-    var_pos2seq: T.handle,
-    var_tokens: T.handle,
-    var_counts: T.handle,
-    var_penalties: T.handle,
-):
-    T.func_attr({"tirx.noalias": True})
-    batch, vocab = T.int32(), T.int32()
-    n, num_seq = T.int32(), T.int32()
-    logits = T.match_buffer(var_logits, (batch, vocab), "float32")
-    seq_ids = T.match_buffer(var_seq_ids, (num_seq,), "int32")
-    pos2seq = T.match_buffer(var_pos2seq, (n,), "int32")
-    tokens = T.match_buffer(var_tokens, (n,), "int32")
-    counts = T.match_buffer(var_counts, (n,), "int32")
-    penalties = T.match_buffer(var_penalties, (num_seq, 3), "float32")  # presence, frequency, repetition
-    for p in T.serial(n):
-        with T.sblock("penalty"):
-            vp = T.axis.spatial(n, p)
-            logits[seq_ids[pos2seq[vp]], tokens[vp]] = (
-                logits[seq_ids[pos2seq[vp]], tokens[vp]]
-                - penalties[pos2seq[vp], 0]
-                - T.Cast("float32", counts[vp]) * penalties[pos2seq[vp], 1]
-            )
-            logits[seq_ids[pos2seq[vp]], tokens[vp]] = T.if_then_else(
-                logits[seq_ids[pos2seq[vp]], tokens[vp]] < T.float32(0),
-                logits[seq_ids[pos2seq[vp]], tokens[vp]] * penalties[pos2seq[vp], 2],
-                logits[seq_ids[pos2seq[vp]], tokens[vp]] / penalties[pos2seq[vp], 2],
-            )
+def _bitonic_argsort(vocab_size: int, target: Target) -> tirx.PrimFunc:
+    """Descending argsort of each row of ``probs [b, V]`` by a bitonic network.
+
+    TVM's GPU sort launches on ``blockIdx.z``, which WebGPU code generation refuses, so GPUs use
+    this one. Rows are padded to a power of two ``P`` with ``-inf``; ``log2(P)(log2(P)+1)/2``
+    compare-exchange passes follow, one launch each (host loops), each thread owning one pair.
+    Ties break towards the lower token id, so the order is total and deterministic. The two
+    ``[b, P]`` scratch rows come in as arguments so the function allocates nothing itself.
+    """
+    gpu = target.kind.name != "llvm"
+    tx = THREADS_PER_GROUP
+    padded = max(2 * tx, 1 << (vocab_size - 1).bit_length())
+    log_p = padded.bit_length() - 1
+    by_loop = functools.partial(T.thread_binding, thread="blockIdx.y") if gpu else T.serial
+    bx_loop = functools.partial(T.thread_binding, thread="blockIdx.x") if gpu else T.serial
+    tx_loop = functools.partial(T.thread_binding, thread="threadIdx.x") if gpu else T.serial
+    V, P = vocab_size, padded
+
+    @T.prim_func(private=True, s_tir=True)
+    def argsort_bitonic(
+        var_probs: T.handle, var_keys: T.handle, var_ids: T.handle, var_sorted: T.handle, var_sorted_ids: T.handle
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        b = T.int64()
+        probs = T.match_buffer(var_probs, (b, V), "float32")
+        keys = T.match_buffer(var_keys, (b, P), "float32")
+        ids = T.match_buffer(var_ids, (b, P), "int32")
+        sorted_probs = T.match_buffer(var_sorted, (b, V), "float32")
+        sorted_ids = T.match_buffer(var_sorted_ids, (b, V), "int32")
+        for row in by_loop(0, b):
+            for g in bx_loop(0, P // tx):
+                for t in tx_loop(0, tx):
+                    with T.sblock("pad"):
+                        T.reads(probs[row, g * tx + t])
+                        T.writes(keys[row, g * tx + t], ids[row, g * tx + t])
+                        keys[row, g * tx + t] = T.if_then_else(
+                            g * tx + t < V, probs[row, T.min(g * tx + t, V - 1)], T.min_value("float32")
+                        )
+                        ids[row, g * tx + t] = T.Cast("int32", g * tx + t)
+        for stage in T.serial(0, log_p):
+            for step in T.serial(0, stage + 1):
+                for row in by_loop(0, b):
+                    for g in bx_loop(0, P // 2 // tx):
+                        for t in tx_loop(0, tx):
+                            with T.sblock("compare_exchange"):
+                                T.reads(keys[row, 0:P], ids[row, 0:P])
+                                T.writes(keys[row, 0:P], ids[row, 0:P])
+                                # pair (lo, lo + half); blocks of size 2 << stage alternate order
+                                half = T.shift_left(T.int32(1), stage - step)
+                                lo = (g * tx + t) // half * 2 * half + (g * tx + t) % half
+                                hi = lo + half
+                                descending = T.bitwise_and(lo, T.shift_left(T.int32(2), stage)) == T.int32(0)
+                                hi_first = T.Or(
+                                    keys[row, hi] > keys[row, lo],
+                                    T.And(keys[row, hi] == keys[row, lo], ids[row, hi] < ids[row, lo]),
+                                )
+                                if hi_first == descending:
+                                    key_lo = T.float32(0)
+                                    id_lo = T.int32(0)
+                                    key_lo = keys[row, lo]
+                                    id_lo = ids[row, lo]
+                                    keys[row, lo] = keys[row, hi]
+                                    ids[row, lo] = ids[row, hi]
+                                    keys[row, hi] = key_lo
+                                    ids[row, hi] = id_lo
+        for row in by_loop(0, b):
+            for g in bx_loop(0, (V + tx - 1) // tx):
+                for t in tx_loop(0, tx):
+                    with T.sblock("take"):
+                        if g * tx + t < V:
+                            sorted_probs[row, g * tx + t] = keys[row, g * tx + t]
+                            sorted_ids[row, g * tx + t] = ids[row, g * tx + t]
+
+    return argsort_bitonic, padded
 
 
-@T.prim_func(private=True, s_tir=True)
-def _apply_bitmask(var_logits: T.handle, var_seq_ids: T.handle, var_bitmask: T.handle):
-    T.func_attr({"tirx.noalias": True})
-    batch, vocab, num_seq = T.int32(), T.int32(), T.int32()
-    logits = T.match_buffer(var_logits, (batch, vocab), "float32")
-    seq_ids = T.match_buffer(var_seq_ids, (num_seq,), "int32")
-    bitmask = T.match_buffer(var_bitmask, (batch, (vocab + 31) // 32), "int32")
-    for p in T.serial(num_seq * vocab):
-        with T.sblock("mask"):
-            vp = T.axis.spatial(num_seq * vocab, p)
-            logits[seq_ids[vp // vocab], vp % vocab] = T.if_then_else(
-                (bitmask[seq_ids[vp // vocab], (vp % vocab) // 32] >> ((vp % vocab) % 32)) & 1 == 1,
-                logits[seq_ids[vp // vocab], vp % vocab],
-                T.min_value("float32"),
-            )
-
-
-def _parallelize(func: tirx.PrimFunc, block: str, target: Target) -> tirx.PrimFunc:
-    """Bind the single flat loop of an in-place kernel to GPU threads (left serial on CPU)."""
-    if target.kind.name == "llvm":
-        return func
-    sch = s_tir.Schedule(func)
-    (loop,) = sch.get_loops(sch.get_sblock(block))
-    outer, inner = sch.split(loop, [None, THREADS_PER_GROUP])
-    sch.bind(outer, "blockIdx.x")
-    sch.bind(inner, "threadIdx.x")
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-
-
-def _add_in_place(mod: tvm.IRModule, name: str, func: tirx.PrimFunc, block: str, target: Target) -> None:
-    mod[name] = _parallelize(func, block, target).with_attr("global_symbol", name)
-
-
-def attach_sampling_functions(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+def attach_sampling_functions(mod: tvm.IRModule, target: Target, vocab_size: int) -> tvm.IRModule:
     """Return ``mod`` with the sampling / logit-processing entry points added."""
     bb = relax.BlockBuilder(mod)
     b, v, n = tirx.Var("batch_size", "int64"), tirx.Var("vocab_size", "int64"), tirx.Var("num_samples", "int64")
@@ -154,23 +235,30 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target) -> tvm.IRModule
             out = bb.emit_output(probs)
         bb.emit_func_output(out)
 
-    logits3 = relax.Var("logits", relax.TensorType((b, 1, v), "float32"))
-    with bb.function("argmax_logits", [logits3]):
+    logits3 = relax.Var("logits", relax.TensorType((1, 1, v), "float32"))  # static batch: WebGPU needs
+    with bb.function("argmax_logits", [logits3]):  # a compile-time bound for the reduction's scratch
         with bb.dataflow():
             out = bb.emit_output(bb.emit_te(_argmax, logits3, primfunc_name_hint="argmax_logits"))
         bb.emit_func_output(out)
 
-    probs2 = relax.Var("probs", relax.TensorType((b, v), "float32"))
+    probs2 = relax.Var("probs", relax.TensorType((b, vocab_size), "float32"))
+    kernel, padded = _bitonic_argsort(vocab_size, target)
+    argsort_gv = bb.add_func(kernel, "argsort_bitonic")
     with bb.function("argsort_probs", [probs2]):
         with bb.dataflow():
-            order = bb.emit(relax.op.argsort(probs2, descending=True, dtype="int32"))
-            sorted_probs = bb.emit_te(
-                lambda p, o: te.compute((b, v), lambda i, j: p[i, o[i, j]], name="take_sorted"),
-                probs2,
-                order,
-                primfunc_name_hint="take_sorted_probs",
+            outs = bb.emit(
+                relax.call_tir(
+                    argsort_gv,
+                    [probs2],
+                    out_ty=[
+                        relax.TensorType((b, padded), "float32"),
+                        relax.TensorType((b, padded), "int32"),
+                        relax.TensorType((b, vocab_size), "float32"),
+                        relax.TensorType((b, vocab_size), "int32"),
+                    ],
+                )
             )
-            out = bb.emit_output(relax.Tuple([sorted_probs, order]))
+            out = bb.emit_output(relax.Tuple([relax.TupleGetItem(outs, 2), relax.TupleGetItem(outs, 3)]))
         bb.emit_func_output(out)
 
     sorted_probs = relax.Var("sorted_probs", relax.TensorType((b, v), "float32"))
@@ -203,9 +291,8 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target) -> tvm.IRModule
         bb.emit_func_output(out)
 
     mod = bb.finalize()
-    _add_in_place(mod, "apply_logit_bias_inplace", _apply_logit_bias, "bias", target)
-    _add_in_place(mod, "apply_penalty_inplace", _apply_penalty, "penalty", target)
-    _add_in_place(mod, "apply_bitmask_inplace", _apply_bitmask, "mask", target)
+    for name, kernel in _in_place_kernels(target).items():
+        mod[name] = kernel.with_attr("global_symbol", name)
     return mod
 
 
