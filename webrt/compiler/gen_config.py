@@ -30,7 +30,7 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 DEFAULT_PREFILL_CHUNK = 2048
-SLIDING_WINDOW_SINK = 4
+SLIDING_WINDOW_SINK = 0  # HF's Mistral keeps no attention sink; pass --attention-sink-size to add one
 GENERATION_DEFAULTS = {
     "temperature": 1.0,
     "presence_penalty": 0.0,

@@ -202,7 +202,7 @@ def _bitonic_argsort(vocab_size: int, target: Target) -> tirx.PrimFunc:
                                     keys[row, hi] > keys[row, lo],
                                     T.And(keys[row, hi] == keys[row, lo], ids[row, hi] < ids[row, lo]),
                                 )
-                                if hi_first == descending:
+                                if T.Or(T.And(hi_first, descending), T.And(T.Not(hi_first), T.Not(descending))):
                                     key_lo = T.float32(0)
                                     id_lo = T.int32(0)
                                     key_lo = keys[row, lo]

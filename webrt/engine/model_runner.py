@@ -82,8 +82,10 @@ class ModelRunner:
         self._clear(self.kv_cache)
         self._add_sequence(self.kv_cache, 0)
         if self.window.uses_sliding_window:
+            # TVM's window counts the past tokens a query sees besides itself; HF's (and the
+            # model's) counts the query too, so a window of W here is W - 1 there.
             self.backend.global_function("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")(
-                self.kv_cache, 0, self.window.sliding_window_size, max(self.window.attention_sink_size, 0)
+                self.kv_cache, 0, self.window.sliding_window_size - 1, max(self.window.attention_sink_size, 0)
             )
         self.total_tokens = 0
 

