@@ -38,9 +38,9 @@ class Pair:
     name: str
     path: Path
     webrt: Tokenizer
-    hf: "hf_tokenizers.Tokenizer"
+    hf: hf_tokenizers.Tokenizer
 
-    def fresh_hf(self) -> "hf_tokenizers.Tokenizer":
+    def fresh_hf(self) -> hf_tokenizers.Tokenizer:
         return hf_tokenizers.Tokenizer.from_file(str(self.path))
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from webrt.tokenizer.unicode_regex import WHITE_SPACE, ranges_to_class_body, word_ranges
 
@@ -22,7 +23,7 @@ class AddedToken:
     special: bool = False
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "AddedToken":
+    def from_spec(cls, spec: dict[str, Any]) -> AddedToken:
         return cls(
             id=int(spec["id"]),
             content=spec["content"],

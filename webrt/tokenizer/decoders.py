@@ -6,7 +6,8 @@ the concatenation of the final list.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from webrt.errors import TokenizerError
 from webrt.tokenizer.byte_level import token_bytes

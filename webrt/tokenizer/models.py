@@ -76,7 +76,7 @@ class BPE:
         if unk_token is not None and unk_token not in vocab:
             raise TokenizerError(f"BPE unk_token {unk_token!r} is not in the vocabulary")
 
-    def _independent_chunks(self) -> "re.Pattern[str] | None":
+    def _independent_chunks(self) -> re.Pattern[str] | None:
         """SentencePiece vocabularies (no pre-tokenizer: a whole line is one word) never hold a
         token with `▁` after another char, so no merge crosses the start of a `▁` run. Then
         each chunk `▁*[^▁]+` merges independently of the others and can be cached on its own.
@@ -89,7 +89,7 @@ class BPE:
         return re.compile(f"{_SPIECE_SPACE}*[^{_SPIECE_SPACE}]+|{_SPIECE_SPACE}+")
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "BPE":
+    def from_spec(cls, spec: dict[str, Any]) -> BPE:
         dropout = spec.get("dropout")
         if dropout:
             raise TokenizerError("BPE dropout is not supported (it makes encoding random)")
@@ -144,11 +144,11 @@ class BPE:
         vocab = self.vocab
         if not self.prefix and not self.suffix and self._byte_tokens is None and self.unk_token is None:
             # Common byte-level case: every char is a base token (unknown chars are dropped).
-            symbols = list(word)
-            for c in symbols:
+            chars = list(word)
+            for c in chars:
                 if c not in vocab:
-                    return [c for c in symbols if c in vocab]
-            return symbols
+                    return [c for c in chars if c in vocab]
+            return chars
         symbols: list[str] = []
         unk_pending = False  # an unk symbol waits to be emitted (fused unks extend it)
         last = len(word) - 1
@@ -183,7 +183,7 @@ class BPE:
     def _merge_by_scan(self, symbols: list[str]) -> list[str]:
         get = self.ranks.get
         cut = len(self.prefix)
-        pair_ranks = [get(pair, _NO_MERGE) for pair in zip(symbols, symbols[1:])]
+        pair_ranks = [get(pair, _NO_MERGE) for pair in zip(symbols, symbols[1:], strict=False)]
         while True:
             best = min(pair_ranks)
             if best == _NO_MERGE:
@@ -207,7 +207,8 @@ class BPE:
         nxt[-1] = -1
         prv = list(range(-1, count - 1))
         alive = [True] * count
-        heap = [(r, i) for i, pair in enumerate(zip(symbols, symbols[1:])) if (r := get(pair)) is not None]
+        pairs = zip(symbols, symbols[1:], strict=False)
+        heap = [(r, i) for i, pair in enumerate(pairs) if (r := get(pair)) is not None]
         heapq.heapify(heap)
         while heap:
             rank, pos = heapq.heappop(heap)
@@ -230,7 +231,7 @@ class BPE:
                 r = get((merged, symbols[after]))
                 if r is not None:
                     heapq.heappush(heap, (r, pos))
-        return [s for s, keep in zip(symbols, alive) if keep]
+        return [s for s, keep in zip(symbols, alive, strict=True) if keep]
 
 
 class WordPiece:
@@ -251,7 +252,7 @@ class WordPiece:
         self._cache: dict[str, list[int]] = {}
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "WordPiece":
+    def from_spec(cls, spec: dict[str, Any]) -> WordPiece:
         return cls(
             spec["vocab"],
             spec.get("unk_token", "[UNK]"),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Literal
 
 from webrt.errors import TokenizerError
 from webrt.tokenizer import bert_unicode_tables
@@ -98,7 +99,11 @@ class BertNormalizer:
         return text
 
 
-def _unicode_form(form: str) -> Normalizer:
+UnicodeForm = Literal["NFC", "NFD", "NFKC", "NFKD"]
+_UNICODE_FORMS: dict[str, UnicodeForm] = {"NFC": "NFC", "NFD": "NFD", "NFKC": "NFKC", "NFKD": "NFKD"}
+
+
+def _unicode_form(form: UnicodeForm) -> Normalizer:
     def normalize(text: str) -> str:
         if text.isascii() or unicodedata.is_normalized(form, text):
             return text
@@ -164,8 +169,8 @@ def normalizer_from_spec(spec: dict[str, Any] | None) -> Normalizer | None:
         parts = [normalizer_from_spec(child) for child in spec["normalizers"]]
         present = [p for p in parts if p is not None]
         return _sequence(present)
-    if kind in ("NFC", "NFD", "NFKC", "NFKD"):
-        return _unicode_form(kind)
+    if kind in _UNICODE_FORMS:
+        return _unicode_form(_UNICODE_FORMS[kind])
     if kind == "Lowercase":
         return lowercase_per_char
     if kind == "Strip":

@@ -25,7 +25,7 @@ class TemplateProcessing:
         self.after = after
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "TemplateProcessing":
+    def from_spec(cls, spec: dict[str, Any]) -> TemplateProcessing:
         specials = spec.get("special_tokens", {})
         before: list[int] = []
         after: list[int] = []

@@ -8,7 +8,8 @@ whether `pieces[0]` begins at offset 0 of the original text (only Metaspace's `p
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from webrt.errors import TokenizerError
 from webrt.tokenizer import bert_unicode_tables
@@ -112,10 +113,12 @@ class _SpanSplitter:
 
 def _regex_pieces(pattern: re.Pattern[str], text: str) -> list[str]:
     """Isolated split at every match of `pattern` (fast path: matches that tile the text)."""
+    if not text:
+        return []
     if pattern.groups == 0:
         found = pattern.findall(text)
         if sum(map(len, found)) == len(text):
-            return found
+            return [piece for piece in found if piece] if "" in found else found
     pieces: list[str] = []
     previous_end = 0
     for match in pattern.finditer(text):
@@ -133,20 +136,18 @@ def _regex_pieces(pattern: re.Pattern[str], text: str) -> list[str]:
 class Split(_SpanSplitter):
     """Split at a literal string or an (Oniguruma) regex with a given delimiter behavior."""
 
-    def __init__(self, pattern: re.Pattern[str] | None, behavior: str, invert: bool) -> None:
+    def __init__(self, pattern: re.Pattern[str], behavior: str, invert: bool) -> None:
         if behavior not in _BEHAVIORS:
             raise TokenizerError(f"Split behavior {behavior!r} is not supported")
-        self.pattern = pattern  # None: the empty literal, which never matches
+        self.pattern = pattern  # an empty literal matches between every two chars, as in HF
         self.behavior = behavior
         self.invert = invert
 
     def find_matches(self, text: str) -> Iterable[Span]:
-        if self.pattern is None:
-            return ()
         return (m.span() for m in self.pattern.finditer(text))
 
     def pre_tokenize(self, pieces: list[str], first_at_start: bool) -> tuple[list[str], bool]:
-        if self.pattern is not None and self.behavior == "Isolated" and not self.invert:
+        if self.behavior == "Isolated" and not self.invert:
             out: list[str] = []
             for piece in pieces:
                 out.extend(_regex_pieces(self.pattern, piece))
@@ -175,6 +176,8 @@ class ByteLevel:
     def pre_tokenize(self, pieces: list[str], first_at_start: bool) -> tuple[list[str], bool]:
         out: list[str] = []
         for piece in pieces:
+            if not piece:
+                continue
             if self.add_prefix_space and not piece.startswith(" "):
                 piece = " " + piece
             if self.regex is not None:
@@ -198,6 +201,8 @@ class Metaspace:
         rep = self.replacement
         out: list[str] = []
         for index, piece in enumerate(pieces):
+            if not piece:
+                continue
             piece = piece.replace(" ", rep)
             if not piece.startswith(rep) and (
                 self.prepend_scheme == "always"
@@ -278,8 +283,7 @@ def pre_tokenizer_from_spec(spec: dict[str, Any] | None) -> PreTokenizer | None:
     if kind == "Split":
         pattern = spec["pattern"]
         if "String" in pattern:
-            literal = pattern["String"]
-            compiled = re.compile(re.escape(literal)) if literal else None
+            compiled = re.compile(re.escape(pattern["String"]))
         else:
             compiled = compile_pattern(pattern["Regex"])
         return Split(compiled, spec.get("behavior", "Isolated"), spec.get("invert", False))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from webrt.errors import TokenizerError
 from webrt.tokenizer.added_tokens import AddedToken, AddedVocabulary
@@ -28,7 +29,7 @@ class Truncation:
     direction: str = "Right"
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "Truncation":
+    def from_spec(cls, spec: dict[str, Any]) -> Truncation:
         if spec.get("strategy", "LongestFirst") == "OnlySecond":
             raise TokenizerError("truncation strategy OnlySecond needs a pair of sequences")
         return cls(int(spec["max_length"]), spec.get("direction", "Right"))
@@ -50,7 +51,7 @@ class Padding:
     pad_to_multiple_of: int | None = None
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "Padding":
+    def from_spec(cls, spec: dict[str, Any]) -> Padding:
         strategy = spec.get("strategy", "BatchLongest")
         fixed = strategy.get("Fixed") if isinstance(strategy, dict) else None
         return cls(fixed, int(spec.get("pad_id", 0)), spec.get("direction", "Right"),
@@ -122,12 +123,12 @@ class Tokenizer:
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, spec: dict[str, Any], config: dict[str, Any] | None = None) -> "Tokenizer":
+    def from_dict(cls, spec: dict[str, Any], config: dict[str, Any] | None = None) -> Tokenizer:
         """From a parsed tokenizer.json (and optionally a parsed tokenizer_config.json)."""
         return cls(spec, config)
 
     @classmethod
-    def from_json_str(cls, text: str, config_json: str | None = None) -> "Tokenizer":
+    def from_json_str(cls, text: str, config_json: str | None = None) -> Tokenizer:
         """From tokenizer.json text (and optionally tokenizer_config.json text)."""
         try:
             spec = json.loads(text)
@@ -137,7 +138,9 @@ class Tokenizer:
         return cls(spec, config)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], config_path: str | os.PathLike[str] | None = None) -> "Tokenizer":
+    def from_file(
+        cls, path: str | os.PathLike[str], config_path: str | os.PathLike[str] | None = None
+    ) -> Tokenizer:
         """From a tokenizer.json path; a tokenizer_config.json beside it (or at `config_path`)
         supplies the BOS/EOS token names."""
         with open(path, encoding="utf-8") as handle:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from webrt.errors import TokenizerError
 
@@ -91,7 +91,7 @@ def complement(ranges: Ranges) -> Ranges:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def category_ranges(name: str) -> tuple[tuple[int, int], ...]:
     """Ranges of a general category given as `L`, `Lu`, `Letter`, `LC`, ... (Oniguruma names)."""
     key = _CATEGORY_ALIASES.get(name.strip().lower().replace(" ", "_").replace("-", "_"), name)
