@@ -37,6 +37,15 @@ LLAMA3_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+CASED_WORDS = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
+LOWER_WORDS = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+O200K_PATTERN = (  # GPT-4o (o200k) style: case-aware words
+    rf"[^\r\n\p{{L}}\p{{N}}]?{CASED_WORDS}*{LOWER_WORDS}+{CONTRACTIONS}"
+    rf"|[^\r\n\p{{L}}\p{{N}}]?{CASED_WORDS}+{LOWER_WORDS}*{CONTRACTIONS}"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+POSSESSIVE_PATTERN = r"\p{L}++|\s*+\S|\p{N}{1,3}+"
 
 # Every code point this Python assigns (HF's Unicode is at least as new); no surrogates.
 ASSIGNED = [
@@ -112,8 +121,11 @@ def test_regex_class_matches_oniguruma_on_every_assigned_code_point(pattern: str
     assert not wrong, f"{len(wrong)} code points differ: {wrong[:20]}"
 
 
-@pytest.mark.parametrize("pattern", [GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN],
-                         ids=["gpt2", "llama3", "qwen2"])
+@pytest.mark.parametrize(
+    "pattern",
+    [GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, O200K_PATTERN, POSSESSIVE_PATTERN],
+    ids=["gpt2", "llama3", "qwen2", "o200k", "possessive"],
+)
 def test_pre_tokenizer_pattern_splits_like_oniguruma(pattern: str) -> None:
     hf_split = pre_tokenizers.Split(Regex(pattern), "isolated")
     ours = pre_tokenizer_from_spec(_spec(hf_split))
