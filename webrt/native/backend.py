@@ -61,13 +61,15 @@ class NativeBackend:
 
     def has_function(self, name: str) -> bool:
         try:
-            self._vm[name]
+            self.function(name)
             return True
         except Exception:  # noqa: BLE001 - TVM raises AttributeError or its own error
             return False
 
     def function(self, name: str) -> Callable[..., Any]:
-        return self._vm[name]
+        # The VM's own (Relax) functions first, then the library's exported TIR kernels
+        # (apply_*_inplace), as TVM's JS runtime finds them for WebLLM.
+        return self._vm.module.get_function(name, query_imports=True)
 
     def global_function(self, name: str) -> Callable[..., Any]:
         return tvm.get_global_func(name)
