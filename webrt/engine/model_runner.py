@@ -131,9 +131,25 @@ class ModelRunner:
             raise ValueError("prefill needs at least one token")
         self.check_fits(len(tokens))
         logits = None
-        for start in range(0, len(tokens), self.chunk):
-            logits = self._forward(tokens[start : start + self.chunk])
+        start = 0
+        while start < len(tokens):
+            size = self._chunk_size_at(len(tokens) - start)
+            logits = self._forward(tokens[start : start + size])
+            start += size
         return logits
+
+    def _chunk_size_at(self, remaining: int) -> int:
+        """How many tokens the next forward call may take.
+
+        With a sliding window, TVM's paged KV cache slides once per call, not per query: a
+        multi-token call is exact only while the cache has not reached the window yet. Past
+        that point prompts advance one token at a time (exact, like decoding; slower).
+        """
+        size = min(self.chunk, remaining)
+        if self.window.uses_sliding_window:
+            room = self.window.sliding_window_size - self.total_tokens
+            size = min(size, room) if room > 1 else 1
+        return size
 
     def decode(self, token: int) -> Any:
         """Append one token; return the logits tensor [1, 1, V]."""
