@@ -1,0 +1,27 @@
+"""The engine: WebLLM's MLCEngine API (chat / text completions, streaming, JSON mode) in pure Python.
+
+The same code runs natively (TVM's runtime, :class:`NativeModelLoader`) and in the browser
+(Pyodide + WebGPU, with the browser's loader).
+"""
+
+from webrt.engine.config import AppConfig, ChatConfig, ChatOptions, ModelRecord, merge_chat_config
+from webrt.engine.engine import Engine, create_engine
+from webrt.engine.json_grammar import JsonMatcher, JsonTokenIndex
+from webrt.engine.loader import InitProgressReport, ModelLoader, NativeModelLoader
+from webrt.engine.stop import StopStringMatcher
+
+__all__ = [
+    "AppConfig",
+    "ChatConfig",
+    "ChatOptions",
+    "Engine",
+    "InitProgressReport",
+    "JsonMatcher",
+    "JsonTokenIndex",
+    "ModelLoader",
+    "ModelRecord",
+    "NativeModelLoader",
+    "StopStringMatcher",
+    "create_engine",
+    "merge_chat_config",
+]

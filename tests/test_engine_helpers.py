@@ -1,0 +1,110 @@
+"""Helpers for the engine tests (no tests here): engines over test artifacts, HF references."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from webrt.engine import AppConfig, Engine, ModelRecord
+
+
+def run(coroutine: Any) -> Any:
+    """Run one test coroutine on a fresh event loop."""
+    return asyncio.run(coroutine)
+
+
+def record_for(art: Any, model_id: str = "tiny", **fields: Any) -> ModelRecord:
+    return ModelRecord(model=str(art.model_dir), model_id=model_id, model_lib=str(art.libs["cpu"]), **fields)
+
+
+async def engine_for(art: Any, chat_opts: Any = None, model_id: str = "tiny") -> Engine:
+    engine = Engine(AppConfig([record_for(art, model_id)]))
+    await engine.reload(model_id, chat_opts)
+    return engine
+
+
+@functools.lru_cache(maxsize=8)
+def hf_model(path: str, gguf_file: str | None = None) -> Any:
+    import torch
+    import transformers
+
+    kwargs: dict[str, Any] = {"torch_dtype": torch.float32}
+    if gguf_file is not None:
+        kwargs.update(gguf_file=gguf_file, local_files_only=True)
+    return transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+
+
+def hf_logits(model: Any, tokens: list[int]) -> np.ndarray:
+    """Logits after the last token (float64 for references)."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0, -1].double().numpy()
+
+
+def hf_tokenizer(model_dir: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+
+
+def apply_penalties(logits: np.ndarray, counts: dict[int, int], presence: float, frequency: float,
+                    repetition: float) -> np.ndarray:
+    """OpenAI's presence/frequency formula, then the CTRL repetition penalty, on seen tokens."""
+    out = logits.copy()
+    for token, count in counts.items():
+        value = out[token] - presence * (count > 0) - frequency * count
+        out[token] = value * repetition if value < 0 else value / repetition
+    return out
+
+
+def hf_greedy(model: Any, prompt: list[int], steps: int, stop_ids: set[int] = frozenset(),
+              penalties: tuple[float, float, float] | None = None,
+              bias: dict[int, float] | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy continuation (with optional logit bias and penalties); the logits of each step."""
+    tokens, out, logits_seen = list(prompt), [], []
+    counts: dict[int, int] = {}
+    for _ in range(steps):
+        logits = hf_logits(model, tokens)
+        for token, value in (bias or {}).items():
+            logits[token] += value
+        if penalties is not None and counts:
+            logits = apply_penalties(logits, counts, *penalties)
+        logits_seen.append(logits)
+        nxt = int(np.argmax(logits))
+        if nxt in stop_ids:
+            break
+        out.append(nxt)
+        tokens.append(nxt)
+        counts[nxt] = counts.get(nxt, 0) + 1
+    return out, logits_seen
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    peak = logits.max()
+    return logits - peak - np.log(np.exp(logits - peak).sum())
+
+
+def top_p_choice(logits: np.ndarray, temperature: float, top_p: float, uniform: float) -> tuple[int, float]:
+    """Nucleus sampling the way the device kernel does it; also the distance of ``uniform``
+    from the nearest decision boundary (to skip draws float32 rounding could flip)."""
+    scaled = (logits - logits.max()) / temperature
+    probs = np.exp(scaled) / np.exp(scaled).sum()
+    order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))
+    cumulative = np.cumsum(probs[order])
+    cut = int(np.argmax(cumulative >= top_p)) if cumulative[-1] >= top_p else len(order) - 1
+    renormalised = cumulative[: cut + 1] / cumulative[cut]
+    pick = int(np.argmax(uniform < renormalised)) if uniform < renormalised[-1] else cut
+    margin = float(np.min(np.abs(renormalised - uniform)))
+    return order[pick], margin
+
+
+def token_ids_from_logprobs(engine: Engine, content: list[dict[str, Any]]) -> list[int]:
+    """Token ids of a logprobs ``content`` list (token bytes are unique in a BPE vocabulary)."""
+    table = engine.get_model().token_bytes()
+    by_bytes = {data: i for i, data in enumerate(table) if data}
+    return [by_bytes[bytes(entry["bytes"])] for entry in content]

@@ -1,0 +1,262 @@
+"""The engine's configuration: WebLLM's ``AppConfig`` / ``ModelRecord`` / ``ChatOptions``.
+
+A model's settings are ``mlc-chat-config.json`` with the record's ``overrides`` and then the
+``chat_opts`` given to ``reload()`` laid over it (later wins, as WebLLM spreads them); each
+request's own fields (temperature, top_p, penalties) then override the result for that
+request. ``conv_config`` layers are merged field by field and applied to the conv template.
+Pure Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webrt.conversation import Conversation, conv_template_from_config
+from webrt.engine.vocabulary import postproc_method
+from webrt.errors import ModelConfigError, ModelNotFoundError
+
+CACHE_BACKENDS = ("cache", "indexeddb")
+
+
+@dataclass
+class ChatOptions:
+    """Fields of ``mlc-chat-config.json`` a user may override (WebLLM's ``ChatOptions``).
+
+    ``None`` means "keep the model's value". ``conv_config`` overrides fields of the conv
+    template (e.g. ``{"system_message": "..."}``); ``conv_template`` replaces it (a name or
+    a full template object).
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    conv_template: str | dict[str, Any] | None = None
+    conv_config: dict[str, Any] | None = None
+    context_window_size: int | None = None
+    sliding_window_size: int | None = None
+    attention_sink_size: int | None = None
+    prefill_chunk_size: int | None = None
+    max_history_size: int | None = None
+    tokenizer_files: list[str] | None = None
+    tokenizer_info: dict[str, Any] | None = None
+    token_table_postproc_method: str | None = None
+    vocab_size: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    model_type: str | None = None
+
+    @classmethod
+    def from_value(cls, value: ChatOptions | Mapping[str, Any] | None, where: str = "chat_opts") -> ChatOptions:
+        """From a ChatOptions, a dict (unknown keys raise ModelConfigError) or None."""
+        if value is None:
+            return cls()
+        if isinstance(value, ChatOptions):
+            return value
+        if not isinstance(value, Mapping):
+            raise ModelConfigError(f"{where} must be a dict or ChatOptions, got {type(value).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ModelConfigError(f"{where} has unknown field(s) {unknown}; accepted: {sorted(known)}")
+        return cls(**dict(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class ModelRecord:
+    """One model an engine can load (WebLLM's ``ModelRecord``).
+
+    ``model`` is where the weights and ``mlc-chat-config.json`` are (a URL in the browser, a
+    folder natively); ``model_lib`` the compiled library (``.wasm`` / ``.so``).
+    """
+
+    model: str
+    model_id: str
+    model_lib: str
+    overrides: ChatOptions = field(default_factory=ChatOptions)
+    vram_required_MB: float | None = None
+    low_resource_required: bool = False
+    buffer_size_required_bytes: int | None = None
+    required_features: list[str] = field(default_factory=list)
+    model_type: str | None = None
+
+    # WebLLM's older field names
+    _ALIASES = {"model_url": "model", "local_id": "model_id", "model_lib_url": "model_lib"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelRecord:
+        """From a JSON record; accepts the older names ``model_url``, ``local_id``, ``model_lib_url``."""
+        if isinstance(data, ModelRecord):
+            return data
+        if not isinstance(data, Mapping):
+            raise ModelConfigError(f"a model record must be an object, got {type(data).__name__}")
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            name = cls._ALIASES.get(key, key)
+            if name in values and values[name] != value:
+                raise ModelConfigError(f"model record sets both {key!r} and {name!r}; keep {name!r}")
+            values[name] = value
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known - {"integrity"})
+        if unknown:
+            raise ModelConfigError(f"model record has unknown field(s) {unknown}; accepted: {sorted(known)}")
+        values.pop("integrity", None)
+        for required in ("model", "model_id", "model_lib"):
+            if not isinstance(values.get(required), str) or not values[required]:
+                raise ModelConfigError(f"model record {data!r} needs a string {required!r}")
+        values["overrides"] = ChatOptions.from_value(values.get("overrides"), f"overrides of {values['model_id']!r}")
+        values["required_features"] = list(values.get("required_features") or [])
+        return cls(**values)
+
+
+@dataclass
+class AppConfig:
+    """The models an engine may load, and where the browser caches their files."""
+
+    model_list: list[ModelRecord] = field(default_factory=list)
+    cache_backend: str = "cache"
+
+    def __post_init__(self) -> None:
+        self.model_list = [ModelRecord.from_dict(r) for r in self.model_list]
+        if self.cache_backend not in CACHE_BACKENDS:
+            raise ModelConfigError(f"cache_backend must be one of {CACHE_BACKENDS}, got {self.cache_backend!r}")
+        seen: set[str] = set()
+        for record in self.model_list:
+            if record.model_id in seen:
+                raise ModelConfigError(f"model_id {record.model_id!r} appears twice in model_list")
+            seen.add(record.model_id)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AppConfig:
+        """From JSON; also reads WebLLM's ``cacheBackend`` and older ``useIndexedDBCache``."""
+        backend = data.get("cache_backend", data.get("cacheBackend"))
+        if backend is None:
+            backend = "indexeddb" if data.get("useIndexedDBCache") else "cache"
+        return cls([ModelRecord.from_dict(r) for r in data.get("model_list", [])], backend)
+
+    def find(self, model_id: str) -> ModelRecord:
+        """The record of ``model_id``, or ModelNotFoundError listing the known ids."""
+        for record in self.model_list:
+            if record.model_id == model_id:
+                return record
+        known = ", ".join(r.model_id for r in self.model_list) or "(none)"
+        raise ModelNotFoundError(
+            f"model {model_id!r} is not in the AppConfig's model_list (known: {known}); "
+            "add a ModelRecord for it."
+        )
+
+
+@dataclass
+class ChatConfig:
+    """A loaded model's resolved settings (mlc-chat-config.json + overrides + chat options)."""
+
+    conv_template: Conversation
+    vocab_size: int
+    context_window_size: int
+    sliding_window_size: int
+    attention_sink_size: int
+    prefill_chunk_size: int
+    temperature: float
+    top_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    tokenizer_files: list[str]
+    token_postproc_method: str
+    bos_token_id: int | None
+    eos_token_id: int | None
+    raw: dict[str, Any]
+
+    @property
+    def uses_sliding_window(self) -> bool:
+        return self.sliding_window_size > 0
+
+
+def _number(merged: Mapping[str, Any], name: str, default: float) -> float:
+    value = merged.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _int(merged: Mapping[str, Any], name: str, default: int) -> int:
+    value = merged.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelConfigError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def merge_chat_config(
+    base: Mapping[str, Any], *layers: ChatOptions | Mapping[str, Any] | None
+) -> ChatConfig:
+    """``base`` (mlc-chat-config.json) with each layer's set fields laid over it, checked."""
+    merged = dict(base)
+    conv_config: dict[str, Any] = dict(base.get("conv_config") or {})
+    for layer in layers:
+        values = ChatOptions.from_value(layer).to_dict()
+        conv_config.update(values.pop("conv_config", {}) or {})
+        merged.update(values)
+    if "conv_template" not in merged:
+        raise ModelConfigError("mlc-chat-config.json has no conv_template; re-run `webrt gen_config`.")
+    conv = conv_template_from_config(merged["conv_template"], conv_config or None)
+    context = _int(merged, "context_window_size", -1)
+    sliding = _int(merged, "sliding_window_size", -1)
+    if (context > 0) == (sliding > 0):
+        raise ModelConfigError(
+            f"exactly one of context_window_size ({context}) and sliding_window_size ({sliding}) must be "
+            "positive; set the other to -1 in chat_opts."
+        )
+    vocab = _int(merged, "vocab_size", 0)
+    if vocab <= 0:
+        raise ModelConfigError("mlc-chat-config.json needs a positive vocab_size")
+    chunk = _int(merged, "prefill_chunk_size", 0) or (context if context > 0 else sliding)
+    repetition = _number(merged, "repetition_penalty", 1.0)
+    if repetition <= 0:
+        raise ModelConfigError(f"repetition_penalty must be > 0, got {repetition}")
+    top_p = _number(merged, "top_p", 1.0)
+    if not 0 < top_p <= 1:
+        raise ModelConfigError(f"top_p must be in (0, 1], got {top_p}")
+    temperature = _number(merged, "temperature", 1.0)
+    if temperature < 0:
+        raise ModelConfigError(f"temperature must be >= 0, got {temperature}")
+    bos, eos = merged.get("bos_token_id"), merged.get("eos_token_id")
+    return ChatConfig(
+        conv_template=conv,
+        vocab_size=vocab,
+        context_window_size=context,
+        sliding_window_size=sliding,
+        attention_sink_size=_int(merged, "attention_sink_size", -1),
+        prefill_chunk_size=chunk,
+        temperature=temperature,
+        top_p=top_p,
+        presence_penalty=_number(merged, "presence_penalty", 0.0),
+        frequency_penalty=_number(merged, "frequency_penalty", 0.0),
+        repetition_penalty=repetition,
+        tokenizer_files=list(merged.get("tokenizer_files") or ["tokenizer.json"]),
+        token_postproc_method=postproc_method(merged),
+        bos_token_id=bos if isinstance(bos, int) else None,
+        eos_token_id=eos if isinstance(eos, int) else None,
+        raw=merged,
+    )
+
+
+def as_id_list(model_id: str | Sequence[str]) -> list[str]:
+    """``reload``'s model id argument as a non-empty list of distinct ids."""
+    ids = [model_id] if isinstance(model_id, str) else list(model_id)
+    if not ids or not all(isinstance(i, str) and i for i in ids):
+        raise ModelConfigError(f"model_id must be a model id or a non-empty list of them, got {model_id!r}")
+    if len(set(ids)) != len(ids):
+        raise ModelConfigError(f"model_id lists {ids} load the same model twice; list each id once.")
+    return ids

@@ -1,0 +1,278 @@
+"""One generated choice, step by step: sample on the device, detokenize, stop, account.
+
+Plain synchronous functions (no asyncio here): the engine calls :meth:`Generation.start`
+(prefill + first token) and then :meth:`Generation.advance` (decode + next token) between
+``await asyncio.sleep(0)`` so the event loop stays responsive. Each step applies the logit
+processors on the device in WebLLM's order (logit bias, penalties, JSON bitmask), then samples:
+argmax at temperature ~0, else softmax / argsort / top-p with a uniform draw from the request's
+``random.Random`` (seeded requests are therefore reproducible). Pure Python.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from webrt.engine.config import ChatConfig
+from webrt.engine.json_grammar import JsonMatcher
+from webrt.engine.protocol import GenerationRequest
+from webrt.engine.stop import StopStringMatcher
+from webrt.errors import InvalidRequestError, WebrtError
+from webrt.tokenizer import StreamingDetokenizer
+
+if TYPE_CHECKING:
+    from webrt.engine.loaded_model import LoadedModel
+
+GREEDY_TEMPERATURE = 1e-5
+
+
+@dataclass
+class GenerationConfig:
+    """A request's sampling settings after the model's defaults were filled in."""
+
+    temperature: float
+    top_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    json_mode: bool = False
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= GREEDY_TEMPERATURE
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+
+def resolve_generation_config(chat: ChatConfig, request: GenerationRequest, vocab_size: int) -> GenerationConfig:
+    """Request fields over the model's defaults (WebLLM: a field given in the request wins)."""
+
+    def pick(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    presence, frequency = request.presence_penalty, request.frequency_penalty
+    if (presence is None) != (frequency is None):  # WebLLM: setting one zeroes the other
+        presence, frequency = presence or 0.0, frequency or 0.0
+    for token_id in request.logit_bias:
+        if not 0 <= token_id < vocab_size:
+            raise InvalidRequestError(f"logit_bias names token {token_id}, outside the vocabulary [0, {vocab_size})")
+    return GenerationConfig(
+        temperature=pick(request.temperature, chat.temperature),
+        top_p=pick(request.top_p, chat.top_p),
+        presence_penalty=pick(presence, chat.presence_penalty),
+        frequency_penalty=pick(frequency, chat.frequency_penalty),
+        repetition_penalty=pick(request.repetition_penalty, chat.repetition_penalty),
+        max_tokens=request.max_tokens,
+        stop=list(request.stop),
+        logit_bias=dict(request.logit_bias),
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
+        json_mode=request.json_mode,
+        ignore_eos=request.ignore_eos,
+    )
+
+
+@dataclass
+class RoundStats:
+    """Counters and timings of one request (all its choices)."""
+
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0  # tokens actually run through the model (the rest were cached)
+    prefill_time: float = 0.0  # prefill + first-token sampling
+    completion_tokens: int = 0
+    decode_steps: int = 0
+    decode_time: float = 0.0
+    first_token_time: float | None = None  # seconds from the request until the first token
+    grammar_init_time: float = 0.0
+    grammar_time: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def usage(self) -> dict[str, Any]:
+        """OpenAI ``usage`` with WebLLM's ``extra`` timings."""
+        extra: dict[str, Any] = {
+            "e2e_latency_s": time.perf_counter() - self.started,
+            "prefill_tokens_per_s": self.prefill_tokens / self.prefill_time if self.prefill_time > 0 else 0.0,
+            "decode_tokens_per_s": self.decode_steps / self.decode_time if self.decode_time > 0 else 0.0,
+            "time_to_first_token_s": self.first_token_time or 0.0,
+            "time_per_output_token_s": self.decode_time / self.decode_steps if self.decode_steps else 0.0,
+            "prefill_tokens": self.prefill_tokens,
+        }
+        if self.grammar_init_time or self.grammar_time:
+            extra["grammar_init_s"] = self.grammar_init_time
+            extra["grammar_per_token_s"] = self.grammar_time / max(self.completion_tokens, 1)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": max(self.prompt_tokens - self.prefill_tokens, 0)},
+            "extra": extra,
+        }
+
+
+@dataclass
+class Step:
+    """What one step adds: text safe to show, and the token's logprobs entry (if asked)."""
+
+    text: str = ""
+    logprob: dict[str, Any] | None = None
+
+
+class Generation:
+    """Generates one choice for a prompt on a loaded model."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        prompt_tokens: list[int],
+        config: GenerationConfig,
+        rng: random.Random,
+        stats: RoundStats,
+    ):
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.config = config
+        self.rng = rng
+        self.stats = stats
+        self.output_ids: list[int] = []
+        self.token_counts: dict[int, int] = {}
+        self.finish_reason: str | None = None
+        self.logprobs: list[dict[str, Any]] = []
+        self._pending_token: int | None = None  # sampled, not yet fed to the model
+        self._detokenizer = StreamingDetokenizer(model.tokenizer)
+        stops = list(config.stop)
+        if not config.ignore_eos and not config.json_mode:
+            # JSON mode ignores the template's stop strings: they may legally occur in a string.
+            stops = list(model.chat_config.conv_template.stop_str) + stops
+        self._stop_strings = StopStringMatcher(stops)
+        self._stop_ids = frozenset() if config.ignore_eos else model.stop_token_ids
+        self.matcher: JsonMatcher | None = None
+        if config.json_mode:
+            begin = time.perf_counter()
+            self.matcher = JsonMatcher(model.json_index())
+            stats.grammar_init_time += time.perf_counter() - begin
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def start(self) -> Step:
+        """Prefill the prompt (reusing the cached prefix) and sample the first token."""
+        begin = time.perf_counter()
+        logits, prefilled = self.model.prefill_prompt(self.prompt_tokens)
+        step = self._sample_and_accept(logits)
+        elapsed = time.perf_counter() - begin
+        self.stats.prefill_tokens += prefilled
+        self.stats.prefill_time += elapsed
+        if self.stats.first_token_time is None:
+            self.stats.first_token_time = time.perf_counter() - self.stats.started
+        return step
+
+    def advance(self) -> Step:
+        """Feed the last token and sample the next one."""
+        if self.finished or self._pending_token is None:
+            raise WebrtError("advance() after the generation finished")
+        begin = time.perf_counter()
+        logits = self.model.decode(self._pending_token)
+        self._pending_token = None
+        step = self._sample_and_accept(logits)
+        self.stats.decode_time += time.perf_counter() - begin
+        self.stats.decode_steps += 1
+        return step
+
+    def abort(self) -> Step:
+        """Stop here (interrupted): finish_reason ``abort``, release held-back text."""
+        return Step(self._finish("abort"))
+
+    # --- internals ----------------------------------------------------------------------------
+    def _sample_and_accept(self, logits: Any) -> Step:
+        token, entry = self._sample(logits)
+        return self._accept(token, entry)
+
+    def _sample(self, logits: Any) -> tuple[int, dict[str, Any] | None]:
+        config, runner = self.config, self.model.runner
+        if config.logit_bias:
+            runner.apply_logit_bias(logits, config.logit_bias)
+        if config.uses_penalties and self.token_counts:
+            runner.apply_penalties(
+                logits, self.token_counts, config.presence_penalty, config.frequency_penalty, config.repetition_penalty
+            )
+        if self.matcher is not None:
+            begin = time.perf_counter()
+            words = self.matcher.next_bitmask()
+            self.stats.grammar_time += time.perf_counter() - begin
+            runner.apply_bitmask(logits, words)
+        host_logits = runner.logits_to_list(logits) if config.logprobs else None
+        if config.greedy:
+            token = runner.argmax(logits)
+        else:
+            token = runner.sample(logits, config.temperature, config.top_p, self.rng.random())
+        entry = None
+        if host_logits is not None:
+            entry = self.model.logprob_entry(host_logits, token, config.top_logprobs)
+        return token, entry
+
+    def _accept(self, token: int, entry: dict[str, Any] | None) -> Step:
+        if token in self._stop_ids:
+            return Step(self._finish("stop"))
+        self.output_ids.append(token)
+        self.token_counts[token] = self.token_counts.get(token, 0) + 1
+        self.stats.completion_tokens += 1
+        if entry is not None:
+            self.logprobs.append(entry)
+        if self.matcher is not None and not self.matcher.accept_token(token):
+            raise WebrtError(f"internal error: JSON mode sampled token {token}, which its own bitmask forbids")
+        text, hit = self._stop_strings.put(self._detokenizer.put(token))
+        if hit:
+            self.finish_reason = "stop"
+        elif self.matcher is not None and self.matcher.is_done:
+            text += self._finish("stop")
+        elif self.config.max_tokens is not None and len(self.output_ids) >= self.config.max_tokens:
+            text += self._finish("length")
+        elif not self.model.has_room_for(1):
+            text += self._finish("length")
+        else:
+            self._pending_token = token
+        return Step(text, entry)
+
+    def _finish(self, reason: str) -> str:
+        """End with ``reason``; return the text still held back (unless a stop string cut it)."""
+        self.finish_reason = reason
+        self._pending_token = None
+        text, hit = self._stop_strings.put(self._detokenizer.flush())
+        if hit:
+            self.finish_reason = "stop"
+            return text
+        return text + self._stop_strings.flush()
+
+
+def log_softmax_entry(
+    logits: list[float], token: int, top: int, describe: Any
+) -> dict[str, Any]:
+    """OpenAI's logprobs entry for ``token``: its log-probability and the ``top`` best.
+
+    ``describe(token_id) -> (text, bytes)``. Log-probabilities are of the processed logits
+    (after logit bias, penalties and the JSON mask) at temperature 1.
+    """
+    peak = max(logits)
+    log_total = peak + math.log(math.fsum(math.exp(v - peak) for v in logits))
+
+    def item(token_id: int) -> dict[str, Any]:
+        text, data = describe(token_id)
+        return {"token": text, "logprob": logits[token_id] - log_total, "bytes": list(data)}
+
+    entry = item(token)
+    best = heapq.nlargest(top, range(len(logits)), key=logits.__getitem__) if top else []
+    entry["top_logprobs"] = [item(t) for t in best]
+    return entry

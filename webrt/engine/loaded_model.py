@@ -1,0 +1,137 @@
+"""A model the engine has loaded: config, tokenizer, runner, and what its KV cache holds.
+
+The cache holds one token sequence. :meth:`LoadedModel.prefill_prompt` keeps the longest
+common prefix of that sequence and the new prompt, rolls back the rest and prefills only the
+new part (in ``prefill_chunk_size`` chunks), so a chat that extends the previous conversation
+pays only for its new turn. Pure Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from webrt.engine.config import ChatConfig, ModelRecord
+from webrt.engine.generation import RoundStats, log_softmax_entry
+from webrt.engine.json_grammar import JsonTokenIndex
+from webrt.engine.model_runner import ModelRunner
+from webrt.engine.vocabulary import token_byte_table
+from webrt.conversation import conversation_from_messages
+from webrt.errors import ContextWindowSizeExceededError
+from webrt.tokenizer import Tokenizer
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LoadedModel:
+    """Everything the engine keeps per loaded model id."""
+
+    def __init__(self, record: ModelRecord, chat_config: ChatConfig, tokenizer: Tokenizer, runner: ModelRunner):
+        self.record = record
+        self.model_id = record.model_id
+        self.chat_config = chat_config
+        self.tokenizer = tokenizer
+        self.runner = runner
+        self.vocab_size = runner.vocab_size or chat_config.vocab_size
+        self.cached_tokens: list[int] = []  # exactly what the KV cache holds, in order
+        self.lock = asyncio.Lock()
+        self.last_stats: RoundStats | None = None
+        conv = chat_config.conv_template
+        ids = set(conv.stop_token_ids)
+        if chat_config.eos_token_id is not None:
+            ids.add(chat_config.eos_token_id)
+        self.stop_token_ids = frozenset(ids)
+        self._token_bytes: list[bytes | None] | None = None
+        self._json_index: JsonTokenIndex | None = None
+
+    # --- prompts ------------------------------------------------------------------------------
+    def _encode_pieces(self, pieces: list[str]) -> list[int]:
+        tokens = list(self.chat_config.conv_template.system_prefix_token_ids or [])
+        for piece in pieces:  # piece by piece, as WebLLM does: earlier turns keep their tokens
+            tokens.extend(self.tokenizer.encode(piece, add_special_tokens=False))
+        return tokens
+
+    def chat_prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Token ids of the whole conversation rendered by the conv template, reply header last."""
+        conv = conversation_from_messages(self.chat_config.conv_template, messages)
+        return self._encode_pieces(conv.get_prompt_array())
+
+    def completion_prompt_tokens(self, prompt: str) -> list[int]:
+        """Token ids of a raw completion prompt (after the template's system prefix ids)."""
+        return self._encode_pieces([prompt])
+
+    def check_prompt_fits(self, prompt_length: int) -> None:
+        """Raise ContextWindowSizeExceededError before any compute if the prompt cannot fit."""
+        limit = self.chat_config.context_window_size
+        if self.chat_config.uses_sliding_window or prompt_length <= limit:
+            return
+        raise ContextWindowSizeExceededError(
+            f"the prompt has {prompt_length} tokens but the context window of {self.model_id!r} is {limit}; "
+            "shorten the messages, or reload with a larger chat_opts context_window_size (up to what the "
+            "model was trained for)."
+        )
+
+    def has_room_for(self, new_tokens: int) -> bool:
+        if self.chat_config.uses_sliding_window:
+            return True
+        return self.runner.total_tokens + new_tokens <= self.chat_config.context_window_size
+
+    # --- cache --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        self.runner.reset()
+        self.cached_tokens = []
+
+    def prefill_prompt(self, prompt: list[int]) -> tuple[Any, int]:
+        """Make the cache hold ``prompt``; return (logits after its last token, tokens prefilled)."""
+        self.check_prompt_fits(len(prompt))
+        keep = common_prefix_length(self.cached_tokens, prompt)
+        keep = min(keep, len(prompt) - 1)  # the last prompt token must run to give logits
+        drop = len(self.cached_tokens) - keep
+        window = self.chat_config.sliding_window_size
+        if drop and self.chat_config.uses_sliding_window and len(self.cached_tokens) > window:
+            keep = 0  # tokens slid out of the window cannot be popped back in: start over
+        if keep == 0:
+            self.reset()
+        else:
+            self.runner.rollback(drop)
+            del self.cached_tokens[keep:]
+        new = prompt[keep:]
+        logits = self.runner.prefill(new)
+        self.cached_tokens.extend(new)
+        return logits, len(new)
+
+    def decode(self, token: int) -> Any:
+        """Feed one generated token; return the next logits."""
+        logits = self.runner.decode(token)
+        self.cached_tokens.append(token)
+        return logits
+
+    # --- vocabulary ---------------------------------------------------------------------------
+    def token_bytes(self) -> list[bytes | None]:
+        if self._token_bytes is None:
+            self._token_bytes = token_byte_table(self.tokenizer, self.chat_config.token_postproc_method, self.vocab_size)
+        return self._token_bytes
+
+    def json_index(self) -> JsonTokenIndex:
+        """The JSON-mode token index, built on first use and kept."""
+        if self._json_index is None:
+            self._json_index = JsonTokenIndex(self.token_bytes())
+        return self._json_index
+
+    def describe_token(self, token_id: int) -> tuple[str, bytes]:
+        """(text, bytes) of one token for logprobs; special tokens give their spelling."""
+        data = self.token_bytes()[token_id] if 0 <= token_id < self.vocab_size else None
+        if data is None:
+            spelled = self.tokenizer.id_to_token(token_id) or ""
+            return spelled, spelled.encode("utf-8")
+        return data.decode("utf-8", errors="replace"), data
+
+    def logprob_entry(self, logits: list[float], token: int, top: int) -> dict[str, Any]:
+        return log_softmax_entry(logits, token, top, self.describe_token)

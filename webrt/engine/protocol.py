@@ -1,0 +1,370 @@
+"""OpenAI-style requests (validated into dataclasses) and responses (dicts with attribute access).
+
+The field names, defaults and checks follow WebLLM's ``openai_api_protocols`` (itself OpenAI's
+API): a bad field raises :class:`webrt.errors.InvalidRequestError` naming the field and what
+is accepted. Responses are :class:`OpenAIObject` dicts, so ``resp["choices"][0]["message"]``
+and ``resp.choices[0].message.content`` both work, and ``json.dumps(resp)`` gives OpenAI JSON.
+Pure Python.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webrt.errors import InvalidRequestError
+
+MAX_TOP_LOGPROBS = 20
+LOGIT_BIAS_LIMIT = 100.0
+PENALTY_LIMIT = 2.0
+FINISH_REASONS = ("stop", "length", "abort")
+
+# Fields shared by chat.completions and completions requests.
+_COMMON_FIELDS = (
+    "model",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "n",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "ignore_eos",
+    "user",
+    "extra_body",
+)
+CHAT_FIELDS = ("messages", *_COMMON_FIELDS)
+COMPLETION_FIELDS = ("prompt", "echo", "suffix", "best_of", *_COMMON_FIELDS)
+# Known OpenAI fields webrt does not implement: rejected with a clear message.
+_UNSUPPORTED = {
+    "tools": "function calling is not supported yet",
+    "tool_choice": "function calling is not supported yet",
+    "functions": "function calling is not supported yet",
+    "function_call": "function calling is not supported yet",
+    "parallel_tool_calls": "function calling is not supported yet",
+    "audio": "audio output is not supported",
+    "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported",
+    "service_tier": "there is no service tier in a local engine",
+    "store": "there is no storage in a local engine",
+    "metadata": "there is no storage in a local engine",
+}
+
+
+class OpenAIObject(dict):
+    """A JSON object that also reads as attributes (``chunk.choices[0].delta.content``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def wrap(cls, value: Any) -> Any:
+        """Deep-convert dicts (in lists too) to OpenAIObject."""
+        if isinstance(value, Mapping):
+            return cls({k: cls.wrap(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return [cls.wrap(v) for v in value]
+        return value
+
+
+@dataclass
+class GenerationRequest:
+    """Fields common to chat and text completion requests, validated."""
+
+    model: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    json_mode: bool = False
+    ignore_eos: bool = False
+
+
+@dataclass
+class ChatCompletionRequest(GenerationRequest):
+    """``chat.completions.create`` parameters."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class CompletionRequest(GenerationRequest):
+    """``completions.create`` parameters."""
+
+    prompt: str = ""
+
+
+def _merge_args(request: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    if request is not None and not isinstance(request, Mapping):
+        raise InvalidRequestError(f"a request must be a dict of parameters, got {type(request).__name__}")
+    merged = dict(request or {})
+    merged.update(kwargs)
+    return merged
+
+
+def _check_fields(data: Mapping[str, Any], allowed: Sequence[str], endpoint: str) -> None:
+    for name in data:
+        if name in _UNSUPPORTED and data[name] is not None:
+            raise InvalidRequestError(f"{endpoint}: '{name}' is not supported: {_UNSUPPORTED[name]}; remove it.")
+    unknown = [k for k in data if k not in allowed and k not in _UNSUPPORTED]
+    if unknown:
+        raise InvalidRequestError(
+            f"{endpoint}: unknown parameter(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(allowed)}."
+        )
+
+
+def _number(data: Mapping[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError(f"'{name}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _integer(data: Mapping[str, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"'{name}' must be an integer, got {value!r}")
+    return value
+
+
+def _boolean(data: Mapping[str, Any], name: str) -> bool:
+    value = data.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"'{name}' must be true or false, got {value!r}")
+    return value
+
+
+def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequestError(f"'model' must be a model id string, got {model!r}")
+    out.model = model
+    out.stream = _boolean(data, "stream")
+    options = data.get("stream_options")
+    if options is not None:
+        if not out.stream:
+            raise InvalidRequestError("'stream_options' is only allowed with stream=True")
+        if not isinstance(options, Mapping) or set(options) - {"include_usage"}:
+            raise InvalidRequestError(f"'stream_options' must be {{'include_usage': bool}}, got {options!r}")
+        out.include_usage = _boolean(options, "include_usage")
+
+    out.temperature = _number(data, "temperature")
+    if out.temperature is not None and out.temperature < 0:
+        raise InvalidRequestError(f"'temperature' must be >= 0, got {out.temperature}")
+    out.top_p = _number(data, "top_p")
+    if out.top_p is not None and not 0 < out.top_p <= 1:
+        raise InvalidRequestError(f"'top_p' must be in (0, 1], got {out.top_p}")
+    out.max_tokens = _integer(data, "max_tokens")
+    if out.max_tokens is not None and out.max_tokens <= 0:
+        raise InvalidRequestError(f"'max_tokens' must be positive, got {out.max_tokens}")
+    out.seed = _integer(data, "seed")
+    n = _integer(data, "n")
+    out.n = 1 if n is None else n
+    if out.n < 1:
+        raise InvalidRequestError(f"'n' must be at least 1, got {out.n}")
+    if out.n > 1 and out.stream:
+        raise InvalidRequestError("'n' > 1 is not supported with stream=True (as in WebLLM); stream one choice.")
+
+    stop = data.get("stop")
+    if stop is None:
+        out.stop = []
+    elif isinstance(stop, str):
+        out.stop = [stop]
+    elif isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop):
+        out.stop = list(stop)
+    else:
+        raise InvalidRequestError(f"'stop' must be a string or a list of strings, got {stop!r}")
+    if any(s == "" for s in out.stop):
+        raise InvalidRequestError("'stop' strings must not be empty")
+
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = _number(data, name)
+        if value is not None and not -PENALTY_LIMIT <= value <= PENALTY_LIMIT:
+            raise InvalidRequestError(f"'{name}' must be in [-2, 2], got {value}")
+        setattr(out, name, value)
+    out.repetition_penalty = _number(data, "repetition_penalty")
+    if out.repetition_penalty is not None and out.repetition_penalty <= 0:
+        raise InvalidRequestError(f"'repetition_penalty' must be > 0, got {out.repetition_penalty}")
+
+    bias = data.get("logit_bias")
+    out.logit_bias = {}
+    if bias is not None:
+        if not isinstance(bias, Mapping):
+            raise InvalidRequestError(f"'logit_bias' must map token ids to biases, got {bias!r}")
+        for key, value in bias.items():
+            try:
+                token_id = int(key)
+            except (TypeError, ValueError):
+                raise InvalidRequestError(f"'logit_bias' keys must be token ids (integer strings), got {key!r}") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+                raise InvalidRequestError(f"'logit_bias' values must be numbers in [-100, 100], got {value!r} for {key!r}")
+            out.logit_bias[token_id] = float(value)
+
+    logprobs = data.get("logprobs")
+    top = _integer(data, "top_logprobs")
+    if isinstance(logprobs, int) and not isinstance(logprobs, bool) and isinstance(out, CompletionRequest):
+        # the legacy completions API: logprobs=<k> means "and the top k"
+        out.logprobs, top = True, logprobs if top is None else top
+    else:
+        out.logprobs = _boolean(data, "logprobs")
+    if top is not None:
+        if not out.logprobs:
+            raise InvalidRequestError("'top_logprobs' needs logprobs=True")
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(f"'top_logprobs' must be in [0, {MAX_TOP_LOGPROBS}], got {top}")
+    out.top_logprobs = top or 0
+
+    fmt = data.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+        if kind not in ("text", "json_object"):
+            raise InvalidRequestError(
+                f"'response_format' must be {{'type': 'text'}} or {{'type': 'json_object'}}, got {fmt!r} "
+                "(JSON schemas and grammars are not supported yet)"
+            )
+        if kind == "json_object" and (fmt.get("schema") is not None or fmt.get("json_schema") is not None):
+            raise InvalidRequestError("'response_format' with a JSON schema is not supported yet; use json_object alone.")
+        out.json_mode = kind == "json_object"
+    out.ignore_eos = _boolean(data, "ignore_eos")
+    extra = data.get("extra_body")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise InvalidRequestError(f"'extra_body' must be an object, got {extra!r}")
+
+
+def parse_chat_request(request: Mapping[str, Any] | None = None, **kwargs: Any) -> ChatCompletionRequest:
+    """Validate ``chat.completions.create`` arguments (a dict and/or keyword arguments)."""
+    data = _merge_args(request, kwargs)
+    _check_fields(data, CHAT_FIELDS, "chat.completions.create")
+    out = ChatCompletionRequest()
+    _parse_common(data, out)
+    messages = data.get("messages")
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InvalidRequestError("'messages' must be a non-empty list of {'role': ..., 'content': ...}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise InvalidRequestError(f"messages[{i}] must be an object with a string 'role', got {message!r}")
+    last = messages[-1]["role"]
+    if last not in ("user", "tool"):
+        raise InvalidRequestError(
+            f"the last message must come from the user (or a tool), got role {last!r}; "
+            "append the user's next message."
+        )
+    out.messages = [dict(m) for m in messages]
+    return out
+
+
+def parse_completion_request(request: Mapping[str, Any] | None = None, **kwargs: Any) -> CompletionRequest:
+    """Validate ``completions.create`` arguments (a dict and/or keyword arguments)."""
+    data = _merge_args(request, kwargs)
+    _check_fields(data, COMPLETION_FIELDS, "completions.create")
+    out = CompletionRequest()
+    _parse_common(data, out)
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidRequestError("'prompt' must be a non-empty string (lists of prompts are not supported)")
+    for name, allowed in (("echo", (None, False)), ("suffix", (None,)), ("best_of", (None, 1))):
+        if data.get(name) not in allowed:
+            raise InvalidRequestError(f"'{name}' is not supported by completions.create; remove it.")
+    out.prompt = prompt
+    return out
+
+
+# --- responses -------------------------------------------------------------------------------
+def new_response_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def chat_completion(
+    response_id: str, model: str, choices: list[dict[str, Any]], usage: dict[str, Any]
+) -> OpenAIObject:
+    """A ``chat.completion`` object."""
+    return OpenAIObject.wrap(
+        {"id": response_id, "object": "chat.completion", "created": now(), "model": model,
+         "choices": choices, "usage": usage, "system_fingerprint": None}
+    )
+
+
+def chat_choice(index: int, text: str, finish_reason: str, logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text},
+        "finish_reason": finish_reason,
+        "logprobs": None if logprobs is None else {"content": logprobs},
+    }
+
+
+def chat_chunk(
+    response_id: str,
+    model: str,
+    delta: dict[str, Any] | None,
+    finish_reason: str | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
+    with_usage_field: bool = False,
+) -> OpenAIObject:
+    """A ``chat.completion.chunk``; ``delta=None`` makes the usage-only chunk (no choices)."""
+    chunk: dict[str, Any] = {"id": response_id, "object": "chat.completion.chunk", "created": now(), "model": model}
+    if delta is None:
+        chunk["choices"] = []
+    else:
+        chunk["choices"] = [
+            {"index": 0, "delta": delta, "finish_reason": finish_reason,
+             "logprobs": None if logprobs is None else {"content": logprobs}}
+        ]
+    if with_usage_field or usage is not None:
+        chunk["usage"] = usage
+    return OpenAIObject.wrap(chunk)
+
+
+def text_completion(
+    response_id: str, model: str, choices: list[dict[str, Any]], usage: dict[str, Any] | None
+) -> OpenAIObject:
+    """A ``text_completion`` object (also the shape of its stream chunks)."""
+    out: dict[str, Any] = {"id": response_id, "object": "text_completion", "created": now(), "model": model,
+                           "choices": choices}
+    if usage is not None:
+        out["usage"] = usage
+    return OpenAIObject.wrap(out)
+
+
+def text_choice(index: int, text: str, finish_reason: str | None, logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {
+        "index": index,
+        "text": text,
+        "finish_reason": finish_reason,
+        "logprobs": None if logprobs is None else {"content": logprobs},
+    }
