@@ -1,0 +1,111 @@
+"""The engine's `Backend` (webrt.engine.backend) on the browser runtime: a WebGPU `.wasm` model
+library plus its weights, driven from Pyodide.
+
+    backend = await WasmBackend.load("/model/lib.wasm", "/model/weights/")
+    runner = ModelRunner(backend, window)     # unchanged engine code
+
+`download` is synchronous, as the protocol says: it blocks on the GPU readback with JSPI's
+`run_sync`, which works from Python entered through `runPythonAsync`, an async function called
+from JS, or an asyncio task on Pyodide's webloop (checked by the browser tests). It does not work
+from a synchronous Python callback invoked by JS (an event handler): call the engine from a task.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any, Callable, Sequence
+
+from webrt.errors import ModelLibraryError
+from webrt.wasm.ffi import WEBGPU, DeviceType
+from webrt.wasm.objects import Function, ShapeTuple, Tensor
+from webrt.wasm.runtime import ProgressCallback, Runtime
+from webrt.wasm.webgpu import GPUInfo, request_device
+from webrt.wasm.weights import load_params
+
+
+async def fetch_bytes(url: str) -> Any:
+    """A JS ArrayBuffer with the body of `url`."""
+    from webrt.wasm.weights import _fetch
+
+    return await (await _fetch(url)).arrayBuffer()
+
+
+class WasmBackend:
+    """`Backend` over a `Runtime` (see module docstring)."""
+
+    def __init__(self, runtime: Runtime, params: Any):
+        self.runtime = runtime
+        self.inst = runtime.inst
+        self.metadata: dict[str, Any] = runtime.metadata
+        self.params = params
+        self._shapes: dict[tuple[int, ...], ShapeTuple] = {}
+        self._fns: dict[str, Function | None] = {}
+
+    @classmethod
+    async def load(cls, wasm_url: str, model_url: str, gpu: GPUInfo | None = None,
+                   pipelines: Sequence[str] | None = None, progress: ProgressCallback | None = None) -> WasmBackend:
+        """Fetch and instantiate the library, create its pipelines (all, or `pipelines`), load weights."""
+        t0 = time.perf_counter()
+        if gpu is None:
+            gpu = await request_device()
+        runtime = await Runtime.load(await fetch_bytes(wasm_url), gpu)
+        await runtime.load_pipelines(pipelines, progress)
+        t1 = time.perf_counter()
+        params = await load_params(runtime, model_url, runtime.param_names, runtime.metadata.get("params", []),
+                                   progress)
+        runtime.timings["weights_s"] = time.perf_counter() - t1
+        runtime.timings["load_s"] = time.perf_counter() - t0
+        return cls(runtime, params)
+
+    # --- Backend protocol ---------------------------------------------------------------------------
+    def has_function(self, name: str) -> bool:
+        return self._lookup(name) is not None
+
+    def _lookup(self, name: str) -> Function | None:
+        if name not in self._fns:
+            self._fns[name] = self.runtime.vm.get_function(name)
+        return self._fns[name]
+
+    def function(self, name: str) -> Callable[..., Any]:
+        fn = self._lookup(name)
+        if fn is None:
+            raise ModelLibraryError(f"the model library has no function {name!r}; recompile it with `webrt compile`.")
+        return fn
+
+    def global_function(self, name: str) -> Callable[..., Any]:
+        return self.inst.global_function(name)
+
+    def shape_tuple(self, values: Sequence[int]) -> ShapeTuple:
+        key = tuple(int(v) for v in values)
+        st = self._shapes.get(key)
+        if st is None:
+            st = self._shapes[key] = self.inst.shape_tuple(key)
+        return st
+
+    def upload(self, data: bytes, shape: Sequence[int], dtype: str) -> Tensor:
+        tensor = self.inst.empty(shape, dtype, WEBGPU)
+        if len(data) != tensor.nbytes:
+            raise ValueError(f"{len(data)} bytes for a {tuple(shape)} {dtype} tensor ({tensor.nbytes} expected)")
+        if data:
+            self.runtime.gpu_ctx.write_bytes(tensor.data, tensor.byte_offset, data, fresh=True)
+        return tensor
+
+    def download(self, tensor: Tensor, nbytes: int | None = None) -> bytes:
+        total = tensor.nbytes
+        n = total if nbytes is None else min(int(nbytes), total)
+        if tensor.device.device_type == DeviceType.CPU:
+            return self.inst.memory.read(tensor.data + tensor.byte_offset, n)
+        return self.runtime.gpu_ctx.read(tensor.data, tensor.byte_offset, n)
+
+    def view(self, tensor: Tensor, shape: Sequence[int]) -> Tensor:
+        return self.inst.view(tensor, shape)
+
+    # --- extras -------------------------------------------------------------------------------------
+    def download_f32(self, tensor: Tensor) -> list[float]:
+        data = self.download(tensor)
+        return list(struct.unpack(f"<{len(data) // 4}f", data))
+
+    @property
+    def stats(self) -> Any:
+        return self.runtime.gpu_ctx.stats

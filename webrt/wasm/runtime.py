@@ -1,0 +1,128 @@
+"""Load a WebGPU model library in the browser: instance + WebGPU bridge + relax VM + pipelines.
+
+Sequence (the same as WebLLM's, in Python)::
+
+    gpu = await request_device()                       # webrt.wasm.webgpu
+    rt = await Runtime.load(wasm_bytes, gpu)           # instantiate, register the device API,
+                                                       # VM on webgpu + pooled allocator, check metadata
+    await rt.load_pipelines(progress=print)            # createComputePipelineAsync per kernel
+    params = await load_params(rt, model_url, rt.param_names)   # webrt.wasm.weights
+
+Blocking inside the VM (Asyncify / JSPI): webrt's model libraries never need to block inside a
+call into the wasm. Every host<->GPU transfer the model functions do is either a write
+(`deviceCopyToGPU`, a queue write that needs no waiting) or happens outside the VM: logits and
+sampled tokens are read back by Python after the call returns (`WebGPUContext.read`, which
+blocks with JSPI's `run_sync` from plain Python frames). TVM's C++ only wants to block in
+`DeviceAPI::StreamSync` (via `__asyncify.WebGPUWaitForTasks`) and in a GPU->CPU
+`CopyDataFromTo`; neither is reached by prefill/decode/embed/sampling or the paged KV cache
+(the tests assert `stats.stream_syncs == 0` and `stats.deferred_reads == 0`). The libraries are
+linked without Asyncify (no `asyncify_*` exports) and none is needed. Had a library needed it,
+JSPI would do it without relinking: import the blocking callback as
+`WebAssembly.Suspending(js_fn)` and call that export through `WebAssembly.promising(export)`,
+awaiting the promise from Python. (Plain `run_sync` inside a callback from the wasm fails:
+"Cannot stack switch because the Python entrypoint was a synchronous function" -- JS frames of
+the wasm call sit between Python and the suspension point.)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Sequence
+
+from webrt.errors import ModelLibraryError
+from webrt.wasm.ffi import AllocatorKind, DeviceType
+from webrt.wasm.instance import Instance
+from webrt.wasm.objects import Function, Module
+from webrt.wasm.webgpu import GPUInfo, WebGPUContext, check_library, register_device_api
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class Runtime:
+    """A model library instance with its WebGPU context and relax VM."""
+
+    def __init__(self, inst: Instance, gpu: GPUInfo, gpu_ctx: WebGPUContext, vm: Module, metadata: dict[str, Any]):
+        self.inst, self.gpu, self.gpu_ctx, self.vm, self.metadata = inst, gpu, gpu_ctx, vm, metadata
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    async def load(cls, wasm: Any, gpu: GPUInfo, check: bool = True) -> Runtime:
+        """Instantiate `wasm` and create its VM on `gpu` (pipelines are loaded separately)."""
+        t0 = time.perf_counter()
+        inst = await Instance.create(wasm)
+        t1 = time.perf_counter()
+        ctx = WebGPUContext(gpu, inst.memory)
+        register_device_api(inst, ctx)
+        system_lib = inst.system_lib()
+        loader = system_lib.get_function("vm_load_executable")
+        if loader is None:
+            raise ModelLibraryError("the .wasm has no vm_load_executable: it is not a relax VM model library.")
+        vm: Module = loader()
+        init = vm.get_function("vm_initialization")
+        if init is None:
+            raise ModelLibraryError("the VM module has no vm_initialization")
+        # WebGPU device + pooled allocator, CPU host + pooled allocator (WebLLM's arguments)
+        init(DeviceType.WEBGPU, 0, AllocatorKind.POOLED, DeviceType.CPU, 0, AllocatorKind.POOLED)
+        meta_fn = vm.get_function("_metadata")
+        if meta_fn is None:
+            raise ModelLibraryError("the model library has no _metadata function; it is not a webrt/MLC model "
+                                    "library (recompile it with `webrt compile`).")
+        metadata = json.loads(meta_fn())
+        if check:
+            check_library(metadata, gpu)
+        rt = cls(inst, gpu, ctx, vm, metadata)
+        rt.timings["instantiate_s"] = t1 - t0
+        rt.timings["vm_s"] = time.perf_counter() - t1
+        return rt
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p["name"] for p in self.metadata.get("params", [])]
+
+    def kernel_infos(self) -> dict[str, dict[str, Any]]:
+        """name -> TVM FunctionInfo of every WGSL kernel in the library."""
+        get_fmap = self.vm.get_function("webgpu.get_fmap")
+        if get_fmap is None:
+            raise ModelLibraryError("the model library has no WebGPU module (was it compiled for webgpu?)")
+        return json.loads(get_fmap())
+
+    async def load_pipelines(self, names: Sequence[str] | None = None, progress: ProgressCallback | None = None,
+                             report_every_s: float = 1.0) -> float:
+        """Create the compute pipelines of `names` (default: every kernel) with
+        `createComputePipelineAsync`; the others are created on first launch. Returns seconds."""
+        fmap = self.kernel_infos()
+        todo = [n for n in fmap if names is None or n in set(names)]
+        unknown = sorted(set(names or ()) - set(fmap))
+        if unknown:
+            raise ModelLibraryError(f"the model library has no kernel(s) {', '.join(unknown[:3])}")
+        get_shader = self.vm["webgpu.get_shader"]
+        update = self.vm["webgpu.update_prebuild"]
+        t0 = time.perf_counter()
+        last = t0
+        for i, name in enumerate(todo):
+            kernel = self.gpu_ctx.kernel(name) or await self.gpu_ctx.create_kernel_async(fmap[name], get_shader(name))
+            fn = self.inst.raw_function(kernel.launch, name)
+            update(name, fn)
+            fn.dispose()
+            now = time.perf_counter()
+            if progress is not None and (now - last >= report_every_s or i + 1 == len(todo)):
+                last = now
+                frac = (i + 1) / len(todo)
+                progress({"progress": frac, "timeElapsed": now - t0,
+                          "text": f"Loading GPU shader modules [{i + 1}/{len(todo)}]: {int(frac * 100)}% completed, "
+                                  f"{now - t0:.1f} secs elapsed."})
+        self.timings["pipelines_s"] = time.perf_counter() - t0
+        self.timings["pipelines_n"] = len(todo)
+        return self.timings["pipelines_s"]
+
+    def launched_kernels(self) -> list[str]:
+        """Kernels launched at least once so far (persist this to create only them next time)."""
+        return [k.spec.name for k in self.gpu_ctx.kernels if k.launches]
+
+    def function(self, name: str) -> Function:
+        return self.vm[name]
+
+    def dispose(self) -> None:
+        self.gpu_ctx.dispose()
+        self.inst.dispose()
