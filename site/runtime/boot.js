@@ -1,0 +1,86 @@
+// webrt boot: load Pyodide, unpack webrt's pure-Python packages, and expose `runPython`.
+//
+// Works on the main thread (`bootMain`) and inside a module worker (`worker.js` calls
+// `bootPython`); `bootWorker` starts that worker and talks to it with postMessage.
+// Python finds the GPU itself (`webrt.wasm.webgpu.request_device`); nothing here touches WebGPU.
+//
+// Options: {pyodideURL: ".../node_modules/pyodide/" (trailing slash), bundleURL: zip of webrt/...}
+
+const LIB_DIR = "/home/pyodide/webrt-lib";
+
+// The Python side of `runPython`: run code in one shared namespace, return JSON text.
+const RUNNER = `
+import json as _json, traceback as _tb
+from pyodide.code import eval_code_async as _eval_code_async
+_webrt_ns = {"__name__": "__webrt__"}
+
+async def _webrt_run(code):
+    try:
+        value = await _eval_code_async(code, _webrt_ns)
+        return _json.dumps({"value": value}, default=repr)
+    except BaseException:
+        return _json.dumps({"error": _tb.format_exc()})
+_webrt_run
+`;
+
+/** Load Pyodide and webrt; return {pyodide, runPython(code) -> Promise<{value}|{error}>}. */
+export async function bootPython(opts) {
+  const t0 = performance.now();
+  const base = new URL(opts.pyodideURL, globalThis.location.href).href;
+  const { loadPyodide } = await import(base + "pyodide.mjs");
+  const [pyodide, zip] = await Promise.all([
+    loadPyodide({ indexURL: base }),
+    fetch(new URL(opts.bundleURL, globalThis.location.href)).then((r) => {
+      if (!r.ok) throw new Error(`webrt bundle: HTTP ${r.status} for ${opts.bundleURL}`);
+      return r.arrayBuffer();
+    }),
+  ]);
+  pyodide.unpackArchive(zip, "zip", { extractDir: LIB_DIR });
+  pyodide.runPython(`import sys\nif ${JSON.stringify(LIB_DIR)} not in sys.path: sys.path.insert(0, ${JSON.stringify(LIB_DIR)})`);
+  const run = pyodide.runPython(RUNNER);
+  const bootMs = performance.now() - t0;
+  return {
+    pyodide,
+    bootMs,
+    where: typeof window === "undefined" ? "worker" : "main",
+    async runPython(code) {
+      return JSON.parse(await run(code));
+    },
+  };
+}
+
+/** Boot on the main thread. */
+export async function bootMain(opts) {
+  return await bootPython(opts);
+}
+
+/** Boot inside a module worker; the returned object has the same `runPython`. */
+export async function bootWorker(opts) {
+  const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  const pending = new Map();
+  let nextId = 1;
+  worker.onmessage = (e) => {
+    const { id, result, error } = e.data;
+    const p = pending.get(id);
+    if (!p) return;
+    pending.delete(id);
+    if (error !== undefined) p.reject(new Error(error));
+    else p.resolve(result);
+  };
+  worker.onerror = (e) => {
+    for (const p of pending.values()) p.reject(new Error(`webrt worker error: ${e.message}`));
+    pending.clear();
+  };
+  const call = (kind, payload) => new Promise((resolve, reject) => {
+    const id = nextId++;
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, kind, payload });
+  });
+  const info = await call("boot", opts);
+  return {
+    worker,
+    bootMs: info.bootMs,
+    where: info.where,
+    runPython: (code) => call("run", code),
+  };
+}
