@@ -1,0 +1,318 @@
+"""webrt's Python runtime (webrt.wasm) on Pyodide in headless Chromium, against the native CPU library.
+
+The tiny random Llama (q0f32) is compiled for webgpu and cpu (`model_factory.tiny_artifacts`).
+In a module worker, `WasmBackend` + the unchanged `ModelRunner` prefill a prompt and greedily
+decode 8 tokens through the paged KV cache, inside an asyncio task (the engine's context, where
+`download` blocks with JSPI). The same steps run natively with `NativeBackend`.
+
+Tolerance: SwiftShader's WGSL sin/cos are accurate to only ~2e-4 absolute (PLATFORM.md; worse for
+large angles), so RoPE'd queries/keys differ from the CPU's by up to that much; everything else
+(exp, rsqrt, matmuls) is fp32 rounding. At the <= 20 positions used here the angles are small and
+the measured logit difference is ~5e-5; we allow 2e-3 (10x the sin/cos error, far below the
+O(0.1) errors a wrong kernel, binding or KV-cache page produces) and require identical greedy tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyodide_util
+
+pytestmark = pytest.mark.browser
+
+PROMPT = [5, 17, 42, 100, 7, 250, 3, 9, 64, 128, 11]
+DECODE_STEPS = 8
+LOGIT_ATOL = 2e-3
+
+
+def _artifacts() -> Any:
+    if not pyodide_util.pyodide_available():
+        pytest.skip("chromium, playwright or npm pyodide is not installed")
+    if shutil.which("emcc") is None:
+        pytest.skip("emcc is not installed (needed to build the webgpu library)")
+    import model_factory
+
+    return model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Any:
+    return _artifacts()
+
+
+def _routes(art: Any) -> dict[str, Path]:
+    return {"/model/": art.model_dir, "/lib/": art.libs["webgpu"].parent}
+
+
+def native_reference(art: Any) -> dict[str, Any]:
+    """Prefill + greedy decode with the CPU library (TVM's own runtime)."""
+    from webrt.engine.model_runner import ModelRunner, WindowConfig
+    from webrt.native.backend import NativeBackend
+
+    cfg = art.chat_config
+    window = WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"], cfg["attention_sink_size"],
+                          cfg["prefill_chunk_size"])
+    runner = ModelRunner(NativeBackend(art.model_dir, art.libs["cpu"]), window)
+    logits = runner.prefill(PROMPT)
+    all_logits = [runner.logits_to_list(logits)]
+    tokens = [runner.argmax(logits)]
+    for _ in range(DECODE_STEPS):
+        logits = runner.decode(tokens[-1])
+        all_logits.append(runner.logits_to_list(logits))
+        tokens.append(runner.argmax(logits))
+    return {"logits": all_logits, "tokens": tokens}
+
+
+BROWSER_RUN = r"""
+import asyncio, json, struct, time
+import js
+from webrt.engine.model_runner import ModelRunner, WindowConfig
+from webrt.wasm.backend import WasmBackend
+from webrt.wasm.runtime import Runtime
+
+PROMPT = %(prompt)s
+STEPS = %(steps)d
+progress = []
+backend = await WasmBackend.load("/lib/%(lib)s", "/model/", progress=progress.append)
+cfg = json.loads(await (await js.fetch("/model/mlc-chat-config.json")).text())
+window = WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"], cfg["attention_sink_size"],
+                      cfg["prefill_chunk_size"])
+
+def host_argmax(values):
+    return max(range(len(values)), key=values.__getitem__)
+
+async def generate(backend):
+    runner = ModelRunner(backend, window)
+    stats = backend.stats
+    t0 = time.perf_counter()
+    logits = runner.prefill(PROMPT)
+    prefill_tok = runner.argmax(logits)
+    prefill_s = time.perf_counter() - t0
+    out = {"logits": [runner.logits_to_list(logits)], "tokens": [prefill_tok], "steps": []}
+    out["host_argmax"] = [host_argmax(out["logits"][0])]
+    for _ in range(STEPS):
+        t0, w0, d0 = time.perf_counter(), stats.wait_s, stats.dispatches
+        logits = runner.decode(out["tokens"][-1])
+        token = runner.argmax(logits)
+        out["steps"].append({"total_ms": (time.perf_counter() - t0) * 1e3, "wait_ms": (stats.wait_s - w0) * 1e3,
+                             "dispatches": stats.dispatches - d0})
+        values = runner.logits_to_list(logits)
+        out["logits"].append(values)
+        out["tokens"].append(token)
+        out["host_argmax"].append(host_argmax(values))
+    out["prefill_ms"] = prefill_s * 1e3
+    return out
+
+result = await asyncio.create_task(generate(backend))
+rt = backend.runtime
+result["timings"] = rt.timings
+result["progress"] = progress
+result["stats"] = {k: v for k, v in backend.stats.snapshot().items() if k != "pipeline_s"}
+result["slowest_kernels"] = sorted(backend.stats.pipeline_s.items(), key=lambda kv: -kv[1])[:5]
+result["errors"] = list(rt.gpu.errors)
+result["launched"] = rt.launched_kernels()
+result["n_kernels"] = len(rt.kernel_infos())
+
+# A second instance, on a new device, that creates only the kernels the first one launched
+from webrt.wasm.webgpu import request_device
+rt2 = await Runtime.load(await (await js.fetch("/lib/%(lib)s")).arrayBuffer(), await request_device())
+await rt2.load_pipelines(result["launched"])
+from webrt.wasm.weights import load_params
+backend2 = WasmBackend(rt2, await load_params(rt2, "/model/", rt2.param_names))
+again = await asyncio.create_task(generate(backend2))
+result["used_only"] = {"pipelines_s": rt2.timings["pipelines_s"], "n": rt2.timings["pipelines_n"],
+                       "tokens": again["tokens"], "lazily": list(backend2.stats.kernels_created_lazily)}
+result
+"""
+
+
+@pytest.fixture(scope="module")
+def browser_run(artifacts: Any) -> dict[str, Any]:
+    code = BROWSER_RUN % {"prompt": json.dumps(PROMPT), "steps": DECODE_STEPS, "lib": artifacts.libs["webgpu"].name}
+    with pyodide_util.PyodidePage(_routes(artifacts), worker=True) as page:
+        result = page.run(code, timeout_s=240)
+        result["console"] = [m for m in page.console if m.startswith(("error", "pageerror", "warning"))]
+    return result
+
+
+def test_tiny_model_matches_native_cpu(artifacts: Any, browser_run: dict[str, Any]) -> None:
+    """Prefill logits and 8 paged-KV decode steps match the CPU library; greedy tokens are identical."""
+    ref = native_reference(artifacts)
+    got = browser_run
+    assert got["tokens"] == ref["tokens"]
+    assert len(got["logits"]) == len(ref["logits"]) == DECODE_STEPS + 1
+    worst = 0.0
+    for step, (a, b) in enumerate(zip(got["logits"], ref["logits"], strict=True)):
+        assert len(a) == len(b) == artifacts.chat_config["vocab_size"]
+        err = max(abs(x - y) for x, y in zip(a, b, strict=True))
+        worst = max(worst, err)
+        assert err <= LOGIT_ATOL, f"step {step}: max |logit diff| {err:.3g} > {LOGIT_ATOL}"
+    print(f"\nmax |browser - cpu| logit difference over {DECODE_STEPS + 1} steps: {worst:.3g}")
+    # on-device argmax (4 bytes back) equals the argmax of the downloaded logits
+    assert got["tokens"] == got["host_argmax"]
+    # the same tokens from a second instance that created only the launched kernels
+    assert got["used_only"]["tokens"] == got["tokens"]
+    assert got["used_only"]["lazily"] == []
+
+
+def test_no_blocking_inside_the_vm_and_no_gpu_errors(browser_run: dict[str, Any]) -> None:
+    """Model functions never ask the host to block (no Asyncify/JSPI needed inside the VM)."""
+    stats = browser_run["stats"]
+    assert stats["stream_syncs"] == 0
+    assert stats["deferred_reads"] == 0
+    assert stats["kernels_created_lazily"] == []
+    assert browser_run["errors"] == []
+    assert browser_run["console"] == []
+
+
+def test_report_costs(browser_run: dict[str, Any]) -> None:
+    """Print the measured costs (pipeline creation, per-step host time vs GPU wait)."""
+    steps = browser_run["steps"][1:]  # the first decode step warms caches
+    total = sorted(s["total_ms"] for s in steps)[len(steps) // 2]
+    wait = sorted(s["wait_ms"] for s in steps)[len(steps) // 2]
+    host = sorted(s["total_ms"] - s["wait_ms"] for s in steps)[len(steps) // 2]
+    t = browser_run["timings"]
+    print(
+        f"\npipelines: {t['pipelines_n']} kernels in {t['pipelines_s']:.2f} s "
+        f"(only the {browser_run['used_only']['n']} launched ones: {browser_run['used_only']['pipelines_s']:.2f} s); "
+        f"slowest {[(k, round(v, 2)) for k, v in browser_run['slowest_kernels']]}\n"
+        f"instantiate {t['instantiate_s'] * 1e3:.0f} ms, VM {t['vm_s'] * 1e3:.0f} ms, weights {t['weights_s'] * 1e3:.0f} ms\n"
+        f"prefill {len(PROMPT)} tokens: {browser_run['prefill_ms']:.0f} ms; decode step (median of "
+        f"{len(steps)}): {total:.1f} ms = Python host {host:.1f} ms + GPU wait {wait:.1f} ms, "
+        f"{steps[0]['dispatches']} dispatches\nstats: {browser_run['stats']}"
+    )
+    assert t["pipelines_n"] == browser_run["n_kernels"]
+    assert 0 < host < total
+
+
+# --- the FFI and the refusals, on the main thread (no pipelines needed) ---------------------------
+FFI_CHECKS = r"""
+import js
+from webrt.errors import FeatureNotSupportedError
+from webrt.wasm.ffi import CPU, WasmRuntimeError, WasmTrapError
+from webrt.wasm.instance import Instance
+from webrt.wasm.runtime import Runtime
+from webrt.wasm.webgpu import check_library, request_device
+
+out = {}
+wasm = await (await js.fetch("/lib/%(lib)s")).arrayBuffer()
+inst = await Instance.create(wasm)
+out["add_one"] = inst.global_function("tvmjs.testing.add_one")(41)
+
+# Python callables as packed functions: values both ways, strings, bytes, shapes, arrays, devices
+seen = []
+def echo(*args):
+    seen.append([repr(a) for a in args])
+    return args[0]
+f = inst.function(echo)
+st = inst.shape_tuple([2, 3, 4])
+out["echo"] = [f(7), f(2.5), f("hello"), f("a longer string, not small"), f(b"\x00\x01bytes"), f(None), f(True)]
+out["shape_back"] = list(f(st).values)
+out["device_back"] = repr(f(CPU))
+arr = inst.array([1, "two", st])
+out["array"] = [len(arr), arr[0], arr[1], list(arr[2].values)]
+# through C++: tvmjs.testing.call(f, args...) calls f from inside the runtime
+out["via_cpp"] = inst.global_function("tvmjs.testing.call")(f, "from c++", 5)
+
+# a tensor on the CPU: empty + copy bytes in and out through TVM's own functions
+t = inst.empty((2, 3), "float32", CPU)
+inst.global_function("tvmjs.runtime.TensorCopyFromBytes")(t, bytes(range(24)))
+out["tensor"] = [list(t.shape), str(t.dtype), repr(t.device),
+                 inst.global_function("tvmjs.runtime.TensorCopyToBytes")(t) == bytes(range(24))]
+
+# a Python exception inside a packed function comes back with its type and message
+class Boom(ValueError):
+    pass
+def fail(x):
+    raise Boom(f"no good: {x}")
+inst.register_func("webrt.test.fail", fail)
+try:
+    inst.global_function("webrt.test.fail")(3)
+except Boom as exc:
+    out["python_error"] = str(exc)
+# a C++ error inside the runtime (here a type check of a top-level call) aborts the instance:
+# a typed error with TVM's message, and the instance refuses further calls
+inst2 = await Instance.create(wasm, log=None)
+try:
+    inst2.global_function("ffi.ModuleGetFunction")(inst2.shape_tuple([1]), "x", True)
+except WasmTrapError as exc:
+    out["trap_type"] = [exc.kind, str(exc)]
+try:
+    inst2.global_function("tvmjs.testing.add_one")(1)
+except WasmTrapError as exc:
+    out["after_trap"] = str(exc)
+inst3 = await Instance.create(wasm, log=None)
+try:
+    inst3.global_function("ffi.ArrayGetItem")(inst3.array([1]), 5)
+except WasmTrapError as exc:
+    out["trap_index"] = [exc.kind, str(exc)]
+out["others_alive"] = inst.global_function("tvmjs.testing.add_one")(1)
+
+# the refusals
+gpu = await request_device()
+out["adapter"] = gpu.description
+out["subgroups"] = [gpu.subgroup_min_size, gpu.subgroup_max_size]
+try:
+    await request_device(required_features=["shader-f16"], quantization="q4f16_1")
+except FeatureNotSupportedError as exc:
+    out["f16_device"] = str(exc)
+rt = await Runtime.load(wasm, gpu)
+meta = dict(rt.metadata)
+out["lib_subgroup_size"] = meta["webrt"]["subgroup_size"]
+try:
+    check_library({**meta, "webrt": {**meta["webrt"], "subgroup_size": 32}}, gpu)
+except FeatureNotSupportedError as exc:
+    out["subgroup_lib"] = str(exc)
+try:
+    check_library({**meta, "quantization": "q4f16_1",
+                   "webrt": {**meta["webrt"], "model_dtype": "float16", "required_features": ["shader-f16"]}}, gpu)
+except FeatureNotSupportedError as exc:
+    out["f16_lib"] = str(exc)
+check_library(meta, gpu)  # the real library fits
+out
+"""
+
+
+@pytest.fixture(scope="module")
+def ffi_checks(artifacts: Any) -> dict[str, Any]:
+    with pyodide_util.PyodidePage(_routes(artifacts), worker=False) as page:
+        return page.run(FFI_CHECKS % {"lib": artifacts.libs["webgpu"].name}, timeout_s=120)
+
+
+def test_ffi_values_round_trip(ffi_checks: dict[str, Any]) -> None:
+    r = ffi_checks
+    assert r["add_one"] == 42
+    assert r["echo"] == [7, 2.5, "hello", "a longer string, not small", repr(b"\x00\x01bytes"), None, True]
+    assert r["shape_back"] == [2, 3, 4]
+    assert r["device_back"] == "Device(cpu:0)"
+    assert r["array"] == [3, 1, "two", [2, 3, 4]]
+    assert r["via_cpp"] == "from c++"
+    assert r["tensor"] == [[2, 3], "float32", "Device(cpu:0)", True]
+
+
+def test_errors_propagate_with_their_message(ffi_checks: dict[str, Any]) -> None:
+    r = ffi_checks
+    assert r["python_error"] == "no good: 3"
+    kind, msg = r["trap_type"]
+    assert kind == "TypeError" and msg.startswith("TypeError: Mismatched type on argument #0")
+    assert "Expected `ffi.Module` but got `ffi.Shape`" in msg
+    assert "instance is dead" in r["after_trap"] and "Mismatched type" in r["after_trap"]
+    kind, msg = r["trap_index"]
+    assert kind == "IndexError" and msg.startswith("IndexError: Index 5 out of bounds 1")
+    assert r["others_alive"] == 2
+
+
+def test_refuses_libraries_the_adapter_cannot_run(ffi_checks: dict[str, Any]) -> None:
+    r = ffi_checks
+    assert "swiftshader" in r["adapter"]
+    assert r["subgroups"][0] == 4
+    assert r["lib_subgroup_size"] == 0
+    assert "shader-f16" in r["f16_device"] and "q4f32_1" in r["f16_device"]
+    assert "shader-f16" in r["f16_lib"] and "q4f32_1" in r["f16_lib"]
+    assert "32" in r["subgroup_lib"] and "4" in r["subgroup_lib"]
