@@ -79,6 +79,36 @@ def _compile(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("chat", "chat with a compiled model in the terminal (streams replies; reads stdin line by line)")
+def _chat(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model folder (convert_weight + gen_config output)")
+    p.add_argument("--model-lib", required=True, help="model library compiled with --device cpu (.so)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (default: the model's)")
+    p.add_argument("--max-tokens", type=int, help="longest reply in tokens")
+    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--system", help="system message (replaces the template's)")
+    p.add_argument("--context-window-size", type=int, help="KV cache size to allocate")
+
+    def run(a: argparse.Namespace) -> None:
+        from webrt.chat_module import ChatModule, chat_repl
+
+        opts: dict = {}
+        if a.system is not None:
+            opts["conv_config"] = {"system_message": a.system}
+        if a.context_window_size is not None:
+            opts["context_window_size"] = a.context_window_size
+        generation = {k: v for k, v in (("temperature", a.temperature), ("top_p", a.top_p),
+                                        ("max_tokens", a.max_tokens), ("seed", a.seed)) if v is not None}
+        module = ChatModule(a.model, a.model_lib, opts)
+        try:
+            chat_repl(module, sys.stdin, sys.stdout, generation)
+        finally:
+            module.close()
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webrt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
