@@ -1,0 +1,23 @@
+"""webrt's browser runtime: TVM WebGPU model libraries (.wasm) hosted by pure Python on Pyodide.
+
+Modules (all importable on CPython too; only calls into the browser need `js` / `pyodide`):
+
+- `ffi`: the TVM FFI ABI on wasm32 (type indices, `TVMFFIAny` packing, DLTensor layout).
+- `memory`: wasm linear memory from Python, the argument-frame stack.
+- `wasi`: the WASI subset a model library imports.
+- `objects`: Object / Function / Module / Tensor / ShapeTuple / Array wrappers.
+- `instance`: instantiating the .wasm, calls both ways, errors and traps.
+- `webgpu`: adapter/device, feature checks, TVM's WebGPU device API, kernels and launches.
+- `runtime`: the relax VM on WebGPU, pipeline creation with progress.
+- `weights`: tensor-cache fetch and upload to the GPU (separate steps).
+- `backend`: `WasmBackend`, the engine's `Backend` for the browser.
+- `bundle`: (CPython side) the zip of webrt's pure-Python packages that the page unpacks.
+
+Boot sequence in a page (site/runtime/boot.js, main thread or module worker)::
+
+    loadPyodide({indexURL}) ; fetch webrt bundle zip ; pyodide.unpackArchive(zip) ; sys.path += dir
+    # then, from Python (top-level await / an asyncio task):
+    gpu = await webrt.wasm.webgpu.request_device()
+    backend = await WasmBackend.load(wasm_url, model_url, gpu, progress=print)
+    runner = ModelRunner(backend, window)       # prefill / decode / argmax, download blocks via JSPI
+"""

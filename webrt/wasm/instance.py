@@ -78,6 +78,7 @@ class Instance:
         self._globals: dict[str, Function | None] = {}
         self._type_keys: dict[int, str] = {}
         self._pending_exc: BaseException | None = None
+        self._shapes: dict[tuple[int, ...], ShapeTuple] = {}
         self._proxies: list[Any] = []
         self.memory: JsMemory
         self.exports: Any = None
@@ -422,10 +423,23 @@ class Instance:
         return fn if isinstance(fn, Function) else None
 
     def shape_tuple(self, values: Iterable[int]) -> ShapeTuple:
+        """An `ffi.Shape` (cached by value: shapes are immutable)."""
         vals = tuple(int(v) for v in values)
-        st = self.global_function("ffi.Shape")(*vals)
-        st._values = vals
+        st = self._shapes.get(vals)
+        if st is None:
+            st = self.global_function("ffi.Shape")(*vals)
+            st._values = vals
+            if len(self._shapes) >= 4096:
+                self._shapes.clear()
+            self._shapes[vals] = st
         return st
+
+    def borrow_any(self, raw: bytes | bytearray | memoryview, off: int = 0) -> Any:
+        """The Python value of an Any owned by someone else (objects get their own reference)."""
+        tindex = unpack_any_head(raw, off)[0]
+        if tindex >= TypeIndex.STATIC_OBJECT_BEGIN:
+            self.inc_ref(unpack_pod(raw, off))
+        return self.take_any(raw, off)
 
     def array(self, items: Sequence[Any]) -> Array:
         return self.global_function("ffi.Array")(*items)
@@ -436,7 +450,9 @@ class Instance:
         if any(d < 0 for d in shape):
             raise ValueError(f"negative dimension in shape {shape}")
         dt = DataType.parse(dtype) if isinstance(dtype, str) else dtype
-        return self.global_function("runtime.TVMTensorAllocWithScope")(self.shape_tuple(shape), str(dt), device, None)
+        tensor = self.global_function("runtime.TVMTensorAllocWithScope")(self.shape_tuple(shape), str(dt), device, None)
+        tensor._shape = shape
+        return tensor
 
     def view(self, tensor: Tensor, shape: Sequence[int]) -> Tensor:
         """`tensor`'s storage under another shape with the same element count."""
@@ -450,7 +466,9 @@ class Instance:
             new *= d
         if old != new:
             raise ValueError(f"cannot view a tensor of shape {tensor.shape} as {shape}")
-        return self.global_function("vm.builtin.reshape")(tensor, self.shape_tuple(shape))
+        out = self.global_function("vm.builtin.reshape")(tensor, self.shape_tuple(shape))
+        out._shape = shape
+        return out
 
     def dispose(self) -> None:
         """Release the Python side (proxies, stack); the wasm instance is garbage collected by JS."""

@@ -7,10 +7,12 @@ reference counting makes that prompt) or explicitly with `dispose()`.
 
 from __future__ import annotations
 
+import struct
 from functools import reduce
 from typing import TYPE_CHECKING, Any, Iterator
 
 from webrt.wasm.ffi import (
+    ANY_SIZE,
     DLTENSOR_SIZE,
     OBJECT_HEADER_SIZE,
     DataType,
@@ -129,27 +131,36 @@ class ShapeTuple(Object):
 
 
 class Array(Object):
-    """`ffi.Array`: items come back as Python values / wrappers."""
+    """`ffi.Array`: items come back as Python values / wrappers.
+
+    Read straight from memory: an ArrayObj is the object header followed by a
+    `TVMFFISeqCell {void* data; int64 size; int64 capacity; deleter}` whose data is `TVMFFIAny[]`.
+    """
 
     __slots__ = ()
 
     def __init__(self, inst: Instance, handle: int):
         super().__init__(inst, handle, TypeIndex.ARRAY)
 
+    def _cell(self) -> tuple[int, int]:
+        data, size = struct.unpack("<I4xq", self.inst.memory.read(self.handle + OBJECT_HEADER_SIZE, 16))
+        return data, size
+
     def __len__(self) -> int:
-        return int(self.inst.global_function("ffi.ArraySize")(self))
+        return self._cell()[1]
 
     def __getitem__(self, index: int) -> Any:
-        n = len(self)
+        data, n = self._cell()
         if index < 0:
             index += n
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for an Array of {n}")
-        return self.inst.global_function("ffi.ArrayGetItem")(self, index)
+        return self.inst.borrow_any(self.inst.memory.read(data + ANY_SIZE * index, ANY_SIZE))
 
     def __iter__(self) -> Iterator[Any]:
-        for i in range(len(self)):
-            yield self[i]
+        data, n = self._cell()
+        raw = self.inst.memory.read(data, ANY_SIZE * n) if n else b""
+        return iter([self.inst.borrow_any(raw, ANY_SIZE * i) for i in range(n)])
 
 
 class Tensor(Object):

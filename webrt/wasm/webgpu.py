@@ -295,14 +295,19 @@ class WebGPUContext:
         self._read_usage = usage.MAP_READ | usage.COPY_DST
         self._map_read = js.GPUMapMode.READ
         self.stats = Stats()
+        # Buffers: TVM sees an id (index into `buffers`); each GPUBuffer also has a serial that
+        # stays with it while it is recycled, so cached bind groups survive free + re-alloc.
         self.buffers: list[Any] = [None]  # id 0 is the null pointer
+        self.serials: list[int] = [0]
         self._sizes: list[int] = [0]
         self._free_ids: list[int] = []
-        self._recycled: dict[int, list[Any]] = {}
-        self._after_submit_free: list[tuple[int, Any]] = []
+        self._next_serial = 1
+        self._recycled: dict[int, list[tuple[Any, int]]] = {}
+        self._after_submit_free: list[tuple[int, Any, int]] = []
         self._read_pool: list[Any] = []
         self._bind_groups: dict[tuple[int, ...], Any] = {}
-        self._bg_keys_of: dict[int, list[tuple[int, ...]]] = {}
+        self._bg_keys_of: dict[int, list[tuple[int, ...]]] = {}  # serial -> bind group keys
+        self._pending: set[int] = set()  # ids used by recorded, unsubmitted commands
         self._kernels: list[Kernel] = []
         self._kernels_by_name: dict[str, Kernel] = {}
         self._pending_reads: list[Any] = []
@@ -331,44 +336,55 @@ class WebGPUContext:
         size = max(4, (int(nbytes) + 3) & ~3)
         pool = self._recycled.get(size)
         if pool:
-            buf = pool.pop()
+            buf, serial = pool.pop()
         else:
             if size > self.gpu.limits.get("maxBufferSize", size):
                 raise MemoryError(f"a {size}-byte buffer exceeds this device's maxBufferSize "
                                   f"({self.gpu.limits['maxBufferSize']})")
             buf = self._create_buffer(self._desc(size=size, usage=self._storage_usage))
+            serial = self._next_serial
+            self._next_serial += 1
         self.stats.allocs += 1
         if self._free_ids:
             ptr = self._free_ids.pop()
             self.buffers[ptr] = buf
+            self.serials[ptr] = serial
             self._sizes[ptr] = size
         else:
             ptr = len(self.buffers)
             self.buffers.append(buf)
+            self.serials.append(serial)
             self._sizes.append(size)
         return ptr
 
     def free(self, ptr: int) -> None:
-        """Release buffer `ptr` (destroyed or recycled after the next submit)."""
+        """Release buffer `ptr`: recycled (small) or destroyed, after the next submit."""
         buf = self.buffers[ptr]
         if buf is None:
             raise ValueError(f"WebGPU buffer {ptr} is already free")
         self.buffers[ptr] = None
         self._free_ids.append(ptr)
-        for key in self._bg_keys_of.pop(ptr, ()):
-            self._bind_groups.pop(key, None)
-        self._after_submit_free.append((self._sizes[ptr], buf))
+        self._after_submit_free.append((self._sizes[ptr], buf, self.serials[ptr]))
+        self.serials[ptr] = 0
         self.stats.frees += 1
         if self._encoder is None:
             self._release_freed()
 
     def _release_freed(self) -> None:
-        for size, buf in self._after_submit_free:
-            if size <= _RECYCLE_MAX_BYTES and len(self._recycled.setdefault(size, [])) < 8:
-                self._recycled[size].append(buf)
+        for size, buf, serial in self._after_submit_free:
+            pool = self._recycled.setdefault(size, [])
+            if size <= _RECYCLE_MAX_BYTES and len(pool) < 8:
+                pool.append((buf, serial))
             else:
+                for key in self._bg_keys_of.pop(serial, ()):
+                    self._bind_groups.pop(key, None)
                 buf.destroy()
         self._after_submit_free.clear()
+
+    def _flush_if_pending(self, ptr: int) -> None:
+        """Submit first if recorded commands use buffer `ptr` (queue writes overtake them)."""
+        if ptr in self._pending:
+            self.flush()
 
     def buffer(self, ptr: int) -> Any:
         buf = self.buffers[ptr] if 0 < ptr < len(self.buffers) else None
@@ -380,7 +396,7 @@ class WebGPUContext:
         """wasm memory [from_ptr, +nbytes) -> buffer `to` at `to_offset`."""
         if to_offset % 4:
             raise ValueError(f"WebGPU destination offset must be a multiple of 4, got {to_offset}")
-        self.flush()
+        self._flush_if_pending(to)
         if nbytes % 4:
             padded = self._js.Uint8Array.new((nbytes + 3) & ~3)
             padded.set(self.memory.view(from_ptr, nbytes))
@@ -393,7 +409,7 @@ class WebGPUContext:
         """JS ArrayBuffer/TypedArray bytes -> buffer `to` (no copy through Python)."""
         if to_offset % 4:
             raise ValueError(f"WebGPU destination offset must be a multiple of 4, got {to_offset}")
-        self.flush()
+        self._flush_if_pending(to)
         if nbytes % 4:
             padded = self._js.Uint8Array.new((nbytes + 3) & ~3)
             padded.set(self._js.Uint8Array.new(getattr(data, "buffer", data),
@@ -409,7 +425,7 @@ class WebGPUContext:
         if to_offset % 4:
             raise ValueError(f"WebGPU destination offset must be a multiple of 4, got {to_offset}")
         if not fresh:
-            self.flush()
+            self._flush_if_pending(to)
         if n % 4:
             data = bytes(data) + bytes(4 - n % 4)
             n = len(data)
@@ -453,6 +469,8 @@ class WebGPUContext:
             self._encoder = self._create_encoder()
         self._encoder.copyBufferToBuffer(self.buffer(from_ptr), from_offset, self.buffer(to_ptr), to_offset,
                                          (nbytes + 3) & ~3)
+        self._pending.add(from_ptr)
+        self._pending.add(to_ptr)
 
     # --- readback -----------------------------------------------------------------------------------
     def _stage_read(self, ptr: int, offset: int, nbytes: int) -> tuple[Any, int]:
@@ -565,19 +583,21 @@ class WebGPUContext:
         lst[0] = self._encoder.finish()
         self._submit(lst)
         self._encoder = None
+        self._pending.clear()
         self.stats.submits += 1
         if self._after_submit_free:
             self._release_freed()
 
-    def bind_group(self, kernel: Kernel, key: tuple[int, ...]) -> Any:
-        """The cached bind group of `kernel` over buffer ids key[1:]."""
-        entries = [{"binding": i, "resource": {"buffer": self.buffer(ptr)}} for i, ptr in enumerate(key[1:])]
-        entries.append({"binding": len(key) - 1,
+    def bind_group(self, kernel: Kernel, key: tuple[int, ...], ptrs: Sequence[int]) -> Any:
+        """Create and cache the bind group of `kernel` over buffer ids `ptrs` (key: kernel id and
+        the buffers' serials)."""
+        entries = [{"binding": i, "resource": {"buffer": self.buffer(ptr)}} for i, ptr in enumerate(ptrs)]
+        entries.append({"binding": len(ptrs),
                         "resource": {"buffer": self._uniform, "offset": 0, "size": self.uniform_slot}})
         group = self._create_bind_group(self._desc(layout=kernel.bind_group_layout, entries=entries))
         self._bind_groups[key] = group
-        for ptr in set(key[1:]):
-            self._bg_keys_of.setdefault(ptr, []).append(key)
+        for serial in set(key[1:]):
+            self._bg_keys_of.setdefault(serial, []).append(key)
         self.stats.bind_group_misses += 1
         return group
 
@@ -660,60 +680,62 @@ class Kernel:
     def _make_launch(self) -> Callable[[int, int, int], int]:
         ctx = self.ctx
         spec = self.spec
-        memory = ctx.memory
-        args_struct = spec.arg_struct()
-        unpack = args_struct.unpack
+        unpack = spec.arg_struct().unpack
         nargs_expected = len(spec.arg_types) + len(spec.dispatch_to_dim)
         nbytes = 16 * nargs_expected
-        bufs = spec.buffer_args
-        pods = spec.pod_args
+        buf_idx = tuple(spec.buffer_args)
+        pod_idx = tuple(spec.pod_args)
         pack_pod = spec.pod_struct().pack_into
-        nargs_fixed = len(spec.arg_types)
-        dims = spec.dispatch_to_dim
-        grid = [(i, d) for i, d in enumerate(dims) if d < 3]
+        nfixed = len(spec.arg_types)
+        # where each grid dimension (blockIdx.x/y/z) comes from in the decoded values
+        grid_src = [-1, -1, -1]
+        for i, d in enumerate(spec.dispatch_to_dim):
+            if d < 3:
+                grid_src[d] = nfixed + i
+        gx, gy, gz = grid_src
         ustage = ctx._ustage
         slot_size = ctx.uniform_slot
         bind_groups = ctx._bind_groups
-        kid = self
+        serials = ctx.serials
+        pending_add = ctx._pending.add
+        kernel = self
         pipeline = self.pipeline
         stats = ctx.stats
-        read = memory.read
+        read = ctx.memory.read
         name = spec.name
 
         def launch(args: int, nargs: int, result: int) -> int:
             if nargs != nargs_expected:
                 raise ModelLibraryError(f"kernel {name} called with {nargs} arguments, expected {nargs_expected}")
             vals = unpack(read(args, nbytes))
-            wx = wy = wz = 1
-            for i, d in grid:
-                v = vals[nargs_fixed + i]
-                if d == 0:
-                    wx = v
-                elif d == 1:
-                    wy = v
-                else:
-                    wz = v
-            if wz != 1:
+            wx = vals[gx] if gx >= 0 else 1
+            wy = vals[gy] if gy >= 0 else 1
+            if gz >= 0 and vals[gz] != 1:
                 raise ModelLibraryError(f"kernel {name}: blockIdx.z is reserved for WebGPU's grid folding")
+            wz = 1
             pack_x = wx
             if wx >= 65536:
                 wx, wz = fold_grid(wx, wz)
-            key = (kid.id, *[vals[i] for i in bufs])
+            ptrs = [vals[i] for i in buf_idx]
+            key = (kernel.id, *[serials[p] for p in ptrs])
             group = bind_groups.get(key)
             if group is None:
-                group = ctx.bind_group(kid, key)
-            if ctx._slots >= UNIFORM_SLOTS:
-                ctx.flush()
+                group = ctx.bind_group(kernel, key, ptrs)
+            for p in ptrs:
+                pending_add(p)
             slot = ctx._slots
+            if slot >= UNIFORM_SLOTS:
+                ctx.flush()
+                slot = 0
             ctx._slots = slot + 1
-            pack_pod(ustage, slot * slot_size, *[vals[i] for i in pods], pack_x)
+            pack_pod(ustage, slot * slot_size, *[vals[i] for i in pod_idx], pack_x)
             if ctx._pass is None:
                 ctx._begin_pass()
             ctx._set_pipeline(pipeline)
             ctx._set_bind_group(0, group, ctx._offsets, slot, 1)
             ctx._dispatch(wx, wy, wz)
             stats.dispatches += 1
-            kid.launches += 1
+            kernel.launches += 1
             return 0
 
         return launch
