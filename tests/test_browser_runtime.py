@@ -294,6 +294,19 @@ except FeatureNotSupportedError as exc:
     out["f16_lib"] = str(exc)
 check_library(meta, gpu)  # the real library fits
 
+# JSPI can block inside a wasm call without Asyncify (what webrt.wasm.runtime's docstring says):
+# a hand-made module whose import returns a Promise, imported as WebAssembly.Suspending and called
+# through WebAssembly.promising, awaited and run_sync'ed from Python
+from pyodide.ffi import create_proxy, run_sync
+tiny = bytes([0, 0x61, 0x73, 0x6D, 1, 0, 0, 0, 1, 5, 1, 0x60, 0, 1, 0x7F, 2, 10, 1, 3, 101, 110, 118, 2, 99, 98, 0, 0,
+              3, 2, 1, 0, 7, 7, 1, 3, 114, 117, 110, 0, 1, 10, 6, 1, 4, 0, 0x10, 0, 0x0B])  # run() { return cb(); }
+def later():
+    return js.Promise.new(create_proxy(lambda res, rej: js.setTimeout(create_proxy(lambda: res(42)), 5)))
+jspi = await js.WebAssembly.instantiate(to_js(tiny), to_js(
+    {"env": {"cb": js.WebAssembly.Suspending.new(create_proxy(later))}}, dict_converter=js.Object.fromEntries))
+run = js.WebAssembly.promising(jspi.instance.exports.run)
+out["jspi"] = [await run(), run_sync(run())]
+
 # weight records straight from a JS buffer to the GPU: raw (odd size), and bf16 widened to f32
 import struct
 from webrt.ndarray_cache.format import TensorRecord
@@ -347,6 +360,10 @@ def test_refuses_libraries_the_adapter_cannot_run(ffi_checks: dict[str, Any]) ->
     assert "shader-f16" in r["f16_device"] and "q4f32_1" in r["f16_device"]
     assert "shader-f16" in r["f16_lib"] and "q4f32_1" in r["f16_lib"]
     assert "32" in r["subgroup_lib"] and "4" in r["subgroup_lib"]
+
+
+def test_jspi_can_block_inside_a_wasm_call(ffi_checks: dict[str, Any]) -> None:
+    assert ffi_checks["jspi"] == [42, 42]
 
 
 def test_weight_records_upload_to_the_gpu(ffi_checks: dict[str, Any]) -> None:
