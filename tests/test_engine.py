@@ -171,8 +171,9 @@ def test_n_choices(llama2) -> None:
 
 
 # --- logit processing -----------------------------------------------------------------------------
-def test_penalties_match_numpy_reference(llama2) -> None:
-    presence, frequency, repetition = 0.8, 0.6, 1.3
+@pytest.mark.parametrize("presence,frequency,repetition", [(0.8, 0.0, 1.0), (0.0, 0.6, 1.0), (0.0, 0.0, 1.3),
+                                                            (0.8, 0.6, 1.3), (-0.5, -0.4, 0.8)])
+def test_penalties_match_numpy_reference(llama2, presence: float, frequency: float, repetition: float) -> None:
     prompt_text = "hello world"
 
     async def main():
