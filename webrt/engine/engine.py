@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from webrt.engine.config import AppConfig, ChatOptions, ModelRecord, as_id_list, merge_chat_config
-from webrt.engine.generation import Generation, RoundStats, resolve_generation_config
+from webrt.engine.generation import Generation, GenerationConfig, RoundStats, Step, resolve_generation_config
 from webrt.engine.loaded_model import LoadedModel
 from webrt.engine.loader import InitProgressCallback, ModelLoader, ProgressReporter, default_loader
 from webrt.engine.model_runner import ModelRunner, WindowConfig
@@ -163,7 +163,7 @@ class Engine:
         if not runner.vocab_size:
             runner.vocab_size = chat_config.vocab_size
         model = LoadedModel(record, chat_config, tokenizer, runner)
-        report(1.0, f"Finish loading {record.model_id} on {'the device'}")
+        report(1.0, f"Finish loading {record.model_id}")
         return model
 
     async def _load_tokenizer(self, record: ModelRecord, files: list[str]) -> Tokenizer:
@@ -243,23 +243,16 @@ class Engine:
             return self._stream(model, request, prompt, config, rng, is_chat)
         return await self._complete(model, request, prompt, config, rng, is_chat)
 
-    async def _run_choice(self, generation: Generation, on_step: Any = None) -> None:
+    async def _run_choice(self, generation: Generation, on_step: Callable[[Step], None]) -> None:
         """Drive one generation to its end, yielding to the event loop between tokens."""
-        step = generation.start()
-        if on_step is not None:
-            on_step(step)
+        on_step(generation.start())
         while not generation.finished:
             await asyncio.sleep(0)
-            if self._interrupt_requested:
-                step = generation.abort()
-            else:
-                step = generation.advance()
-            if on_step is not None:
-                on_step(step)
+            on_step(generation.abort() if self._interrupt_requested else generation.advance())
 
     async def _complete(
-        self, model: LoadedModel, request: GenerationRequest, prompt: list[int], config: Any,
-        rng: random.Random, is_chat: bool,
+        self, model: LoadedModel, request: GenerationRequest, prompt: list[int],
+        config: GenerationConfig, rng: random.Random, is_chat: bool,
     ) -> OpenAIObject:
         async with model.lock, _reset_on_error(model):
             self._interrupt_requested = False
@@ -286,8 +279,8 @@ class Engine:
         return text_completion(response_id, model.model_id, choices, usage)
 
     async def _stream(
-        self, model: LoadedModel, request: GenerationRequest, prompt: list[int], config: Any,
-        rng: random.Random, is_chat: bool,
+        self, model: LoadedModel, request: GenerationRequest, prompt: list[int],
+        config: GenerationConfig, rng: random.Random, is_chat: bool,
     ) -> AsyncIterator[OpenAIObject]:
         response_id = new_response_id("chatcmpl" if is_chat else "cmpl")
         usage_field = request.include_usage
