@@ -188,3 +188,13 @@ def tiny_artifacts(arch: str, quantization: str = "q0f32", devices: tuple[str, .
             shutil.rmtree(hf_dir)
         os.replace(staging, hf_dir)
     return build_artifacts(f"tiny-{arch}", hf_dir, quantization, devices, **kwargs)
+
+
+SMOLLM2_GEN_CONFIG = {"context_window_size": 2048, "prefill_chunk_size": 128}
+
+
+def smollm2_artifacts(quantization: str, devices: tuple[str, ...] = ("cpu",)) -> Artifacts:
+    """The real SmolLM2-135M-Instruct (GGUF) converted and compiled; one build per test session."""
+    return build_artifacts(
+        "smollm2", smollm2_gguf(), quantization, devices, conv_template="chatml", gen_config_args=SMOLLM2_GEN_CONFIG
+    )

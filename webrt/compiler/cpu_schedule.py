@@ -4,8 +4,8 @@ The reduction runs along K, which is contiguous in both ``x`` and the weight row
 split into SIMD-wide lanes and ``rfactor``-ed, so the lanes accumulate independent partial sums
 in vector registers (a float reduction is not vectorized otherwise), and the output rows are
 split across threads. A grouped-quantization ``dequantize`` producer is inlined, so each packed
-weight word is loaded once and unpacked in registers; epilogues (cast, bias, residual add) are
-inlined into the write-back.
+weight word is loaded once and unpacked in registers; epilogues (cast, bias, residual add) run
+right after each output row.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
+from tvm.target.codegen import llvm_get_vector_width
 
-LANES = 8  # AVX2 float32 width; LLVM splits or widens for other ISAs
 ROWS_PER_TASK = 16
 
 
@@ -34,18 +34,17 @@ class NTMatmulCPU(dl.ScheduleRule):
                 sch.compute_inline(sch.get_sblock(name))
             except Exception:  # noqa: BLE001 - absent (unquantized weights)
                 pass
-        consumers = sch.get_consumers(main)
-        while consumers:
+        epilogues = []  # cast / bias / residual blocks after the reduction, in order
+        tail = main
+        while consumers := sch.get_consumers(tail):
             if len(consumers) != 1:
                 return None
-            try:
-                sch.reverse_compute_inline(consumers[0])
-            except Exception:  # noqa: BLE001 - an epilogue that cannot be inlined
-                return None
-            consumers = sch.get_consumers(main)
+            tail = consumers[0]
+            epilogues.append(tail)
+        lanes = max(4, llvm_get_vector_width(target) // 32)  # float32 SIMD width
         *spatial, k = sch.get_loops(main)
         k_extent = sch.get(k).extent
-        if not isinstance(k_extent, tirx.IntImm) or int(k_extent) % LANES:
+        if not isinstance(k_extent, tirx.IntImm) or int(k_extent) % lanes:
             return None
         # spatial = [batch..., rows-of-x..., n]; keep n outermost so a weight row is read once
         # and reused (from cache) by every row of x in a prefill.
@@ -53,10 +52,12 @@ class NTMatmulCPU(dl.ScheduleRule):
         rows = spatial[:-1]
         n_outer, n_inner = sch.split(n, [None, ROWS_PER_TASK])
         sch.reorder(n_outer, *rows, n_inner, k)
-        k_outer, k_lane = sch.split(k, [None, LANES])
+        k_outer, k_lane = sch.split(k, [None, lanes])
         partial = sch.rfactor(k_lane, factor_axis=len(spatial))
         partial_loops = sch.get_loops(partial)  # n_outer, rows..., n_inner, k_outer, lane
         sch.reverse_compute_at(main, partial_loops[-3])  # sum the lanes right after each row
+        for block in epilogues:
+            sch.reverse_compute_at(block, partial_loops[-3])
         sch.parallel(partial_loops[0])
         sch.vectorize(partial_loops[-1])
         sch.decompose_reduction(partial, partial_loops[-2])

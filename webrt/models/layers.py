@@ -26,7 +26,11 @@ def _dequantize_expr(q_weight: te.Tensor, q_scale: te.Tensor, quant: Quantizatio
 
 
 def _weight_tensor(weights: list[te.Tensor], quant: Quantization, dtype: str) -> te.Tensor:
-    """The ``[out, in]`` float weight as a TE tensor: the stored one, or a dequantize block."""
+    """The ``[out, in]`` weight as a TE tensor: the stored one, or a dequantize block in ``dtype``.
+
+    Dequantization happens in float32 whatever the model dtype: the product is accumulated in
+    float32 anyway, and CPUs have no fast float16 arithmetic.
+    """
     if not quant.is_grouped:
         return weights[0]
     q_weight, q_scale = weights
@@ -76,7 +80,7 @@ class Linear(nn.Module):
         quant, out_dtype = self.quant, out_dtype or self.quant.model_dtype
 
         def compute(x_te: te.Tensor, *w_te: te.Tensor) -> te.Tensor:
-            return _nt_matmul(x_te, _weight_tensor(list(w_te), quant, quant.model_dtype), out_dtype)
+            return _nt_matmul(x_te, _weight_tensor(list(w_te), quant, "float32"), out_dtype)
 
         y = op.tensor_expr_op(compute, "linear", args=[x, *self.weights()])
         return y + self.bias if self.bias is not None else y
@@ -121,7 +125,7 @@ class Embedding(nn.Module):
         quant = self.quant
 
         def compute(x_te: te.Tensor, *w_te: te.Tensor) -> te.Tensor:
-            return _nt_matmul(x_te, _weight_tensor(list(w_te), quant, quant.model_dtype), "float32")
+            return _nt_matmul(x_te, _weight_tensor(list(w_te), quant, "float32"), "float32")
 
         return op.tensor_expr_op(compute, "lm_head", args=[hidden_states, *self.weights()])
 
