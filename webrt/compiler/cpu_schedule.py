@@ -3,9 +3,10 @@
 The reduction runs along K, which is contiguous in both ``x`` and the weight rows. The K loop is
 split into SIMD-wide lanes and ``rfactor``-ed, so the lanes accumulate independent partial sums
 in vector registers (a float reduction is not vectorized otherwise), and the output rows are
-split across threads. A grouped-quantization ``dequantize`` producer is inlined, so each packed
-weight word is loaded once and unpacked in registers; epilogues (cast, bias, residual add) run
-right after each output row.
+split across threads. In decode, a grouped-quantization ``dequantize`` producer is inlined, so
+each packed weight word is loaded once and unpacked in registers; in prefill each task unpacks
+its weight rows once into a float tile that every row of the input reuses. Epilogues (cast,
+bias, residual add) run right after each output row.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ class NTMatmulCPU(dl.ScheduleRule):
             main = sch.get_sblock("NT_matmul")
         except Exception:  # noqa: BLE001 - not one of ours
             return None
-        for name in ("dequantize",):
-            try:
-                sch.compute_inline(sch.get_sblock(name))
-            except Exception:  # noqa: BLE001 - absent (unquantized weights)
-                pass
+        try:
+            dequantize = sch.get_sblock("dequantize")
+        except Exception:  # noqa: BLE001 - unquantized weights
+            dequantize = None
+        *spatial, _ = sch.get_loops(main)
+        single_row = all(isinstance(sch.get(l).extent, tirx.IntImm) and int(sch.get(l).extent) == 1 for l in spatial[:-1])
+        if dequantize is not None and single_row:
+            sch.compute_inline(dequantize)  # decode: unpack in registers, each word read once
+            dequantize = None
         epilogues = []  # cast / bias / residual blocks after the reduction, in order
         tail = main
         while consumers := sch.get_consumers(tail):
@@ -61,4 +66,9 @@ class NTMatmulCPU(dl.ScheduleRule):
         sch.parallel(partial_loops[0])
         sch.vectorize(partial_loops[-1])
         sch.decompose_reduction(partial, partial_loops[-2])
+        if dequantize is not None:
+            # prefill: unpack this task's weight rows once into a float tile, reused by every row of x
+            sch.compute_at(dequantize, partial_loops[0])
+            *_, tile_k = sch.get_loops(dequantize)
+            sch.vectorize(sch.split(tile_k, [None, lanes])[1])
         return sch
