@@ -16,6 +16,8 @@ from tvm.s_tir import dlight as dl
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
+from webrt.compiler.schedule_util import find_nt_matmul, static_extent
+
 ROWS_PER_TASK = 16
 
 
@@ -26,30 +28,17 @@ class NTMatmulCPU(dl.ScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         sch = s_tir.Schedule(func)
-        try:
-            main = sch.get_sblock("NT_matmul")
-        except Exception:  # noqa: BLE001 - not one of ours
+        blocks = find_nt_matmul(sch)
+        if blocks is None:
             return None
-        try:
-            dequantize = sch.get_sblock("dequantize")
-        except Exception:  # noqa: BLE001 - unquantized weights
-            dequantize = None
-        *spatial, _ = sch.get_loops(main)
-        single_row = all(isinstance(sch.get(l).extent, tirx.IntImm) and int(sch.get(l).extent) == 1 for l in spatial[:-1])
-        if dequantize is not None and single_row:
-            sch.compute_inline(dequantize)  # decode: unpack in registers, each word read once
-            dequantize = None
-        epilogues = []  # cast / bias / residual blocks after the reduction, in order
-        tail = main
-        while consumers := sch.get_consumers(tail):
-            if len(consumers) != 1:
-                return None
-            tail = consumers[0]
-            epilogues.append(tail)
+        main, dequantize, epilogues = blocks.main, blocks.dequantize, blocks.epilogues
         lanes = max(4, llvm_get_vector_width(target) // 32)  # float32 SIMD width
         *spatial, k = sch.get_loops(main)
-        k_extent = sch.get(k).extent
-        if not isinstance(k_extent, tirx.IntImm) or int(k_extent) % lanes:
+        if dequantize is not None and all(static_extent(sch, loop) == 1 for loop in spatial[:-1]):
+            sch.compute_inline(dequantize)  # decode: unpack in registers, each word read once
+            dequantize = None
+        k_extent = static_extent(sch, k)
+        if k_extent is None or k_extent % lanes:
             return None
         # spatial = [batch..., rows-of-x..., n]; keep n outermost so a weight row is read once
         # and reused (from cache) by every row of x in a prefill.

@@ -16,13 +16,10 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
 
+from webrt.compiler.schedule_util import find_nt_matmul, static_extent
+
 ROWS_PER_GROUP = 64
 UNROLL = 8
-
-
-def _extent(sch: s_tir.Schedule, loop) -> int | None:
-    extent = sch.get(loop).extent
-    return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
 class RowPerThreadGEMV(dl.ScheduleRule):
@@ -32,27 +29,18 @@ class RowPerThreadGEMV(dl.ScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "webgpu":
             return None
         sch = s_tir.Schedule(func)
-        try:
-            main = sch.get_sblock("NT_matmul")
-        except Exception:  # noqa: BLE001 - not one of ours
+        blocks = find_nt_matmul(sch)
+        if blocks is None:
             return None
+        main, epilogues = blocks.main, blocks.epilogues
         *spatial, k = sch.get_loops(main)
-        if any(_extent(sch, loop) != 1 for loop in spatial[:-1]):
+        if any(static_extent(sch, loop) != 1 for loop in spatial[:-1]):
             return None  # more than one input row: a matmul (prefill), not a GEMV
-        k_extent = _extent(sch, k)
+        k_extent = static_extent(sch, k)
         if k_extent is None or k_extent % UNROLL:
             return None
-        try:
-            sch.compute_inline(sch.get_sblock("dequantize"))
-        except Exception:  # noqa: BLE001 - unquantized weights have no dequantize block
-            pass
-        epilogues = []
-        tail = main
-        while consumers := sch.get_consumers(tail):
-            if len(consumers) != 1:
-                return None
-            tail = consumers[0]
-            epilogues.append(tail)
+        if blocks.dequantize is not None:
+            sch.compute_inline(blocks.dequantize)
         row = sch.fuse(*spatial)
         group, lane = sch.split(row, [None, ROWS_PER_GROUP])
         k_outer, k_inner = sch.split(k, [None, UNROLL])

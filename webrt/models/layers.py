@@ -57,51 +57,51 @@ def _nt_matmul(x: te.Tensor, w: te.Tensor, out_dtype: str) -> te.Tensor:
     return te.compute(acc.shape, lambda *idx: acc[idx].astype(out_dtype), name="cast_out")
 
 
-class Linear(nn.Module):
-    """``y = x W^T (+ b)``; W stored as the quantization scheme dictates."""
+class QuantizedMatrix(nn.Module):
+    """A ``[rows, cols]`` weight stored as the quantization dictates: ``weight``, or the pair
+    ``q_weight`` (packed codes) and ``q_scale`` (one scale per group along ``cols``)."""
 
-    def __init__(self, in_features: int, out_features: int, quant: Quantization, bias: bool = False):
+    def __init__(self, rows: int, cols: int, quant: Quantization, what: str):
         super().__init__()
-        self.in_features, self.out_features, self.quant = in_features, out_features, quant
-        dtype = quant.model_dtype
+        self.quant = quant
         if quant.is_grouped:
-            quant.check_reduction_dim("a linear layer", in_features)
-            self.q_weight = nn.Parameter((out_features, in_features // quant.elems_per_storage), "uint32")
-            self.q_scale = nn.Parameter((out_features, in_features // quant.group_size), dtype)
+            quant.check_reduction_dim(what, cols)
+            self.q_weight = nn.Parameter((rows, cols // quant.elems_per_storage), "uint32")
+            self.q_scale = nn.Parameter((rows, cols // quant.group_size), quant.model_dtype)
         else:
-            self.weight = nn.Parameter((out_features, in_features), dtype)
-        self.bias = nn.Parameter((out_features,), dtype) if bias else None
+            self.weight = nn.Parameter((rows, cols), quant.model_dtype)
 
     def weights(self) -> list[Tensor]:
         """The stored tensors the weight is made of (one, or q_weight and q_scale)."""
         return [self.q_weight, self.q_scale] if self.quant.is_grouped else [self.weight]
 
-    def forward(self, x: Tensor, out_dtype: str | None = None) -> Tensor:
-        quant, out_dtype = self.quant, out_dtype or self.quant.model_dtype
+    def matmul_transposed(self, x: Tensor, out_dtype: str, name: str) -> Tensor:
+        """``x @ W^T`` as one kernel, dequantizing inside it."""
+        quant = self.quant
 
         def compute(x_te: te.Tensor, *w_te: te.Tensor) -> te.Tensor:
             return _nt_matmul(x_te, _weight_tensor(list(w_te), quant, "float32"), out_dtype)
 
-        y = op.tensor_expr_op(compute, "linear", args=[x, *self.weights()])
+        return op.tensor_expr_op(compute, name, args=[x, *self.weights()])
+
+
+class Linear(QuantizedMatrix):
+    """``y = x W^T (+ b)``; W is ``[out_features, in_features]``."""
+
+    def __init__(self, in_features: int, out_features: int, quant: Quantization, bias: bool = False):
+        super().__init__(out_features, in_features, quant, "a linear layer")
+        self.bias = nn.Parameter((out_features,), quant.model_dtype) if bias else None
+
+    def forward(self, x: Tensor, out_dtype: str | None = None) -> Tensor:
+        y = self.matmul_transposed(x, out_dtype or self.quant.model_dtype, "linear")
         return y + self.bias if self.bias is not None else y
 
 
-class Embedding(nn.Module):
+class Embedding(QuantizedMatrix):
     """Token embedding table ``[vocab, hidden]``; can also serve as a tied LM head."""
 
     def __init__(self, vocab_size: int, hidden_size: int, quant: Quantization):
-        super().__init__()
-        self.quant = quant
-        dtype = quant.model_dtype
-        if quant.is_grouped:
-            quant.check_reduction_dim("the embedding", hidden_size)
-            self.q_weight = nn.Parameter((vocab_size, hidden_size // quant.elems_per_storage), "uint32")
-            self.q_scale = nn.Parameter((vocab_size, hidden_size // quant.group_size), dtype)
-        else:
-            self.weight = nn.Parameter((vocab_size, hidden_size), dtype)
-
-    def weights(self) -> list[Tensor]:
-        return [self.q_weight, self.q_scale] if self.quant.is_grouped else [self.weight]
+        super().__init__(vocab_size, hidden_size, quant, "the embedding")
 
     def forward(self, input_ids: Tensor) -> Tensor:
         quant, dtype = self.quant, self.quant.model_dtype
@@ -122,12 +122,7 @@ class Embedding(nn.Module):
 
     def lm_head(self, hidden_states: Tensor) -> Tensor:
         """Logits ``hidden @ table^T`` in float32 (tied word embeddings)."""
-        quant = self.quant
-
-        def compute(x_te: te.Tensor, *w_te: te.Tensor) -> te.Tensor:
-            return _nt_matmul(x_te, _weight_tensor(list(w_te), quant, "float32"), "float32")
-
-        return op.tensor_expr_op(compute, "lm_head", args=[hidden_states, *self.weights()])
+        return self.matmul_transposed(hidden_states, "float32", "lm_head")
 
 
 class RMSNorm(nn.Module):
