@@ -90,11 +90,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def top_p_choice(logits: np.ndarray, temperature: float, top_p: float, uniform: float) -> tuple[int, float]:
-    """Nucleus sampling the way the device kernel does it; also the distance of ``uniform``
-    from the nearest decision boundary (to skip draws float32 rounding could flip)."""
+    """Nucleus sampling the way the device kernels do it; also the distance of ``uniform``
+    from the nearest decision boundary (to skip draws float32 rounding could flip).
+
+    With a cut (top_p < 1) the inverse CDF runs over the probabilities sorted in descending
+    order; without one, over them in token-id order (no sort is needed then)."""
     scaled = (logits - logits.max()) / temperature
     probs = np.exp(scaled) / np.exp(scaled).sum()
-    order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))
+    if top_p >= 1.0:
+        order = list(range(len(probs)))
+    else:
+        order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))
     cumulative = np.cumsum(probs[order])
     cut = int(np.argmax(cumulative >= top_p)) if cumulative[-1] >= top_p else len(order) - 1
     renormalised = cumulative[: cut + 1] / cumulative[cut]

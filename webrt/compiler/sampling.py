@@ -10,7 +10,9 @@ end on the device and read back one token id instead of the whole vocabulary:
   top_p f32[b]) -> i32[n]``;
 - in place on logits viewed ``[b,V]``: ``apply_logit_bias_inplace``, ``apply_penalty_inplace``
   (presence, frequency, repetition), ``apply_bitmask_inplace``;
-- webrt's own ``argmax_logits(logits f32[1,1,V]) -> i32[1]`` for greedy decoding.
+- webrt's own ``argmax_logits(logits f32[1,1,V]) -> i32[1]`` for greedy decoding and
+  ``sample_from_probs(probs f32[1,V], uniform f32[1]) -> i32[1]`` (inverse CDF, no sort) for
+  sampling without a top-p cut.
 """
 
 from __future__ import annotations
@@ -241,6 +243,22 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target, vocab_size: int
             out = bb.emit_output(bb.emit_te(_argmax, logits3, primfunc_name_hint="argmax_logits"))
         bb.emit_func_output(out)
 
+    probs_row = relax.Var("probs", relax.TensorType((1, vocab_size), "float32"))
+    uniform_one = relax.Var("uniform", relax.TensorType((1,), "float32"))
+    with bb.function("sample_from_probs", [probs_row, uniform_one]):
+        with bb.dataflow():
+            column = relax.ShapeExpr([1, 1])
+            chosen = bb.emit(
+                relax.op.multinomial_from_uniform(
+                    probs_row,
+                    bb.emit(relax.op.reshape(uniform_one, column)),
+                    bb.emit(relax.op.zeros(column, "int32")),
+                    dtype="int32",
+                )
+            )
+            out = bb.emit_output(relax.op.reshape(chosen, relax.ShapeExpr([1])))
+        bb.emit_func_output(out)
+
     probs2 = relax.Var("probs", relax.TensorType((b, vocab_size), "float32"))
     kernel, padded = _bitonic_argsort(vocab_size, target)
     argsort_gv = bb.add_func(kernel, "argsort_bitonic")
@@ -299,6 +317,7 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target, vocab_size: int
 SAMPLING_FUNCTIONS = (
     "softmax_with_temperature",
     "argmax_logits",
+    "sample_from_probs",
     "argsort_probs",
     "sample_with_top_p",
     "apply_logit_bias_inplace",

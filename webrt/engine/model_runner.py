@@ -172,19 +172,28 @@ class ModelRunner:
         return self.backend.function("softmax_with_temperature")(logits, t)
 
     def sample(self, logits: Any, temperature: float, top_p: float, uniform: float) -> int:
-        """Draw a token with nucleus sampling using the device's argsort + top-p kernels."""
+        """Draw a token on the device; only the 4-byte id comes back.
+
+        Without a top-p cut the inverse CDF runs over the probabilities in token-id order
+        (``sample_from_probs``: no sort); with one, the probabilities are sorted first
+        (``argsort_probs`` + ``sample_with_top_p``, WebLLM's pair).
+        """
         if temperature <= 1e-5:
             return self.argmax(logits)
-        probs = self.backend.view(self.probs(logits, temperature), (1, self.vocab_size))
-        sorted_probs, sorted_ids = self.backend.function("argsort_probs")(probs)
         b = self.backend
-        token = b.function("sample_with_top_p")(
-            sorted_probs,
-            sorted_ids,
-            b.upload(_pack("f", [uniform]), (1,), "float32"),
-            b.upload(_pack("i", [0]), (1,), "int32"),
-            b.upload(_pack("f", [top_p]), (1,), "float32"),
-        )
+        probs = b.view(self.probs(logits, temperature), (1, self.vocab_size))
+        u = b.upload(_pack("f", [uniform]), (1,), "float32")
+        if top_p >= 1.0 and b.has_function("sample_from_probs"):
+            token = b.function("sample_from_probs")(probs, u)
+        else:
+            sorted_probs, sorted_ids = b.function("argsort_probs")(probs)
+            token = b.function("sample_with_top_p")(
+                sorted_probs,
+                sorted_ids,
+                u,
+                b.upload(_pack("i", [0]), (1,), "int32"),
+                b.upload(_pack("f", [top_p]), (1,), "float32"),
+            )
         return struct.unpack("<i", b.download(token, 4))[0]
 
     def apply_penalties(
