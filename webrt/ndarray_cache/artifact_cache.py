@@ -1,0 +1,252 @@
+"""Model artifacts fetched once and then read from the browser's cache (Pyodide only).
+
+`ArtifactCache` holds one store per scope (`webrt.ndarray_cache.urls`) on the AppConfig's
+backend, and fetches through them:
+
+- text files (mlc-chat-config.json, tokenizer files) and the library (.wasm) are fetched on a
+  miss and stored whole;
+- the tensor cache: `fetch_index` reads ``tensor-cache.json`` (falling back to the older
+  ``ndarray-cache.json``), `iter_shards` yields each weight shard as a JS ArrayBuffer, from the
+  cache or downloaded by a few parallel fetches, each verified (size, md5) before it is stored.
+  If a download fails, the shards that completed are stored, nothing partial is, and the first
+  error is raised once the other downloads in flight have finished. A later load fetches only
+  the missing shards.
+
+Progress reports have WebLLM's ``InitProgressReport`` shape: ``{"progress", "timeElapsed", "text"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webrt.errors import FetchError, WeightFileError
+from webrt.ndarray_cache.fetch import fetch_optional_text, fetch_verified
+from webrt.ndarray_cache.format import INDEX_NAME, LEGACY_INDEX_NAME, ShardRecord, TensorCacheIndex
+from webrt.ndarray_cache.store import ArtifactStore, get_text, open_store
+from webrt.ndarray_cache.urls import CONFIG_SCOPE, KERNELS_SCOPE, MODEL_SCOPE, WASM_SCOPE, join_url
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+DEFAULT_CONCURRENCY = 4
+_REPORT_EVERY_S = 0.25
+
+
+@dataclass
+class FetchStats:
+    """What one load took from the network and from the cache."""
+
+    network: list[str] = field(default_factory=list)  # URLs downloaded
+    cached: list[str] = field(default_factory=list)  # URLs read from the cache
+    network_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"network": list(self.network), "cached": list(self.cached), "network_bytes": self.network_bytes}
+
+
+class ArtifactCache:
+    """Fetch-through caches of one cache backend ("cache" or "indexeddb")."""
+
+    def __init__(self, backend: str = "cache", concurrency: int = DEFAULT_CONCURRENCY):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.backend = backend
+        self.concurrency = concurrency
+        self.model: ArtifactStore = open_store(MODEL_SCOPE, backend)
+        self.config: ArtifactStore = open_store(CONFIG_SCOPE, backend)
+        self.wasm: ArtifactStore = open_store(WASM_SCOPE, backend)
+        self.kernels: ArtifactStore = open_store(KERNELS_SCOPE, backend)
+        self.stats = FetchStats()
+
+    # --- small files ------------------------------------------------------------------------------
+    async def fetch_text(self, store: ArtifactStore, url: str, content_type: str = "application/json") -> str | None:
+        """The text at ``url`` from ``store``, fetched and stored on a miss; None if the server has none."""
+        text = await get_text(store, url)
+        if text is not None:
+            self.stats.cached.append(url)
+            return text
+        text = await fetch_optional_text(url)
+        if text is None:
+            return None
+        self.stats.network.append(url)
+        self.stats.network_bytes += len(text)
+        await store.put(url, text, content_type)
+        return text
+
+    async def fetch_library(self, url: str) -> Any:
+        """The model library (.wasm) as a JS ArrayBuffer, from the wasm cache or the network."""
+        data = await self.wasm.get(url)
+        if data is not None:
+            self.stats.cached.append(url)
+            return data
+        name = url.rsplit("/", 1)[-1]
+        data = await fetch_verified(url, name)
+        head = _first_bytes(data, 4)
+        if head != b"\0asm":
+            raise FetchError(f"{url} is not a WebAssembly module (it starts with {head!r}); check "
+                             "ModelRecord.model_lib.")
+        self.stats.network.append(url)
+        self.stats.network_bytes += int(data.byteLength)
+        await self.wasm.put(url, data, "application/wasm")
+        return data
+
+    # --- the tensor cache -------------------------------------------------------------------------
+    async def fetch_index(self, base_url: str) -> TensorCacheIndex:
+        """``tensor-cache.json`` (else ``ndarray-cache.json``) under ``base_url``, cached."""
+        for name in (INDEX_NAME, LEGACY_INDEX_NAME):  # cached under either name?
+            url = join_url(base_url, name)
+            text = await get_text(self.model, url)
+            if text is not None:
+                self.stats.cached.append(url)
+                return TensorCacheIndex.loads(text, name)
+        for name in (INDEX_NAME, LEGACY_INDEX_NAME):
+            url = join_url(base_url, name)
+            text = await fetch_optional_text(url)
+            if text is None:
+                continue
+            index = TensorCacheIndex.loads(text, name)  # validate before storing
+            self.stats.network.append(url)
+            await self.model.put(url, text, "application/json")
+            return index
+        raise WeightFileError(f"{base_url} has neither {INDEX_NAME} nor {LEGACY_INDEX_NAME}; check "
+                              "ModelRecord.model (its files are looked up under <model>/resolve/main/).")
+
+    async def has_shards(self, base_url: str, shards: Sequence[ShardRecord]) -> bool:
+        for shard in shards:
+            if not await self.model.has(join_url(base_url, shard.data_path)):
+                return False
+        return True
+
+    async def iter_shards(self, base_url: str, shards: Sequence[ShardRecord],
+                          progress: ProgressCallback | None = None) -> AsyncIterator[tuple[ShardRecord, Any]]:
+        """Yield ``(shard, ArrayBuffer)`` for every shard, in completion order (see module docstring)."""
+        shards = list(shards)
+        if not shards:
+            return
+        reporter = _ShardProgress(shards, progress, await self.has_shards(base_url, shards))
+        todo = list(shards)
+        failures: list[BaseException] = []
+        queue: asyncio.Queue[tuple[ShardRecord, Any] | None] = asyncio.Queue()
+        # at most this many shards in memory: downloading, or waiting for the consumer
+        slots = asyncio.Semaphore(2 * self.concurrency)
+
+        async def worker() -> None:
+            try:
+                while todo and not failures:
+                    shard = todo.pop(0)
+                    await slots.acquire()
+                    try:
+                        data = await self._shard(base_url, shard, reporter)
+                    except BaseException:
+                        slots.release()
+                        raise
+                    queue.put_nowait((shard, data))
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
+                failures.append(exc)
+            finally:
+                queue.put_nowait(None)
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(shards)))]
+        running = len(workers)
+        try:
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                    continue
+                try:
+                    if not failures:
+                        yield item
+                        reporter.loaded(item[0])
+                finally:
+                    slots.release()
+            if failures:
+                raise failures[0]
+        finally:
+            for w in workers:
+                if not w.done():
+                    w.cancel()
+
+    async def _shard(self, base_url: str, shard: ShardRecord, reporter: _ShardProgress) -> Any:
+        url = join_url(base_url, shard.data_path)
+        data = await self.model.get(url)
+        if data is not None and int(data.byteLength) == shard.nbytes:
+            self.stats.cached.append(url)
+            return data
+        if data is not None:  # an entry of another size: the index changed; replace it
+            await self.model.delete(url)
+        data = await fetch_verified(url, shard.data_path, shard.nbytes, shard.md5sum, reporter.received)
+        await self.model.put(url, data)
+        self.stats.network.append(url)
+        self.stats.network_bytes += shard.nbytes
+        return data
+
+    # --- kernels a library launched ---------------------------------------------------------------
+    async def launched_kernels(self, wasm_url: str) -> list[str] | None:
+        """The kernel names saved for ``wasm_url`` by `save_launched_kernels`, or None."""
+        text = await get_text(self.kernels, wasm_url)
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+            names = data["kernels"]
+        except (ValueError, KeyError, TypeError):
+            await self.kernels.delete(wasm_url)  # unreadable: forget it
+            return None
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+    async def save_launched_kernels(self, wasm_url: str, names: Sequence[str], wasm_bytes: int) -> None:
+        await self.kernels.put(wasm_url, json.dumps({"kernels": sorted(names), "wasm_bytes": wasm_bytes}),
+                               "application/json")
+
+
+def _first_bytes(data: Any, n: int) -> bytes:
+    import js
+
+    return js.Uint8Array.new(data, 0, min(n, int(data.byteLength))).to_bytes()
+
+
+class _ShardProgress:
+    """WebLLM's "Fetching param cache[i/n]" / "Loading model from cache[i/n]" reports."""
+
+    def __init__(self, shards: list[ShardRecord], callback: ProgressCallback | None, cache_only: bool):
+        self.callback = callback
+        self.cache_only = cache_only
+        self.total = sum(s.nbytes for s in shards) or 1
+        self.count = len(shards)
+        self.done_bytes = 0
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last = 0.0
+
+    def received(self, n: int) -> None:
+        """Bytes of a download arrived (reported at most every 0.25 s)."""
+        self.done_bytes += n
+        now = time.perf_counter()
+        if now - self._last >= _REPORT_EVERY_S:
+            self._report(now)
+
+    def loaded(self, shard: ShardRecord) -> None:
+        """A shard is on the GPU."""
+        self.done += 1
+        if self.cache_only:
+            self.done_bytes += shard.nbytes
+        self._report(time.perf_counter(), force=True)
+
+    def _report(self, now: float, force: bool = False) -> None:
+        if self.callback is None:
+            return
+        self._last = now
+        elapsed = now - self.start
+        frac = min(self.done_bytes, self.total) / self.total
+        if self.cache_only:
+            text = (f"Loading model from cache[{self.done}/{self.count}]: {self.done_bytes / 2**20:.1f}MB loaded. "
+                    f"{int(frac * 100)}% completed, {elapsed:.0f} secs elapsed.")
+        else:
+            text = (f"Fetching param cache[{self.done}/{self.count}]: {self.done_bytes / 2**20:.1f}MB fetched. "
+                    f"{int(frac * 100)}% completed, {elapsed:.0f} secs elapsed. It can take a while when we first "
+                    "visit this page to populate the cache. Later refreshes will become faster.")
+        self.callback({"progress": frac, "timeElapsed": elapsed, "text": text})
