@@ -116,6 +116,22 @@ def upload_record(runtime: Any, record: TensorRecord, shard_data: Any, device: D
     return tensor
 
 
+def check_params(index: TensorCacheIndex, names: Sequence[str], expected: Sequence[dict[str, Any]],
+                 where: str) -> None:
+    """Raise WeightFileError unless `index` has every parameter `names` with the `expected` shapes."""
+    located = index.tensors()
+    missing = [n for n in names if n not in located]
+    if missing:
+        raise WeightFileError(f"{where} lacks {len(missing)} parameter(s) the library needs (e.g. {missing[0]}); "
+                              "the weights and the library come from different models or quantizations.")
+    for p in expected:
+        rec = located[p["name"]][1]
+        if list(rec.shape) != list(p["shape"]) or rec.dtype != p["dtype"]:
+            raise WeightFileError(f"{p['name']} is {list(rec.shape)} {rec.dtype} in the weights but the library "
+                                  f"expects {p['shape']} {p['dtype']}; re-run convert_weight with the library's "
+                                  "quantization.")
+
+
 async def load_params(runtime: Any, base_url: str, names: Sequence[str], expected: Sequence[dict[str, Any]] = (),
                       progress: ProgressCallback | None = None) -> Array:
     """Fetch the tensor cache under `base_url`, upload the tensors `names`, return the param array.
@@ -124,17 +140,7 @@ async def load_params(runtime: Any, base_url: str, names: Sequence[str], expecte
     """
     t0 = time.perf_counter()
     index = await fetch_index(base_url)
-    located = index.tensors()
-    missing = [n for n in names if n not in located]
-    if missing:
-        raise WeightFileError(f"{base_url} lacks {len(missing)} parameter(s) the library needs (e.g. {missing[0]}); "
-                              "the weights and the library come from different models or quantizations.")
-    for p in expected:
-        rec = located[p["name"]][1]
-        if list(rec.shape) != list(p["shape"]) or rec.dtype != p["dtype"]:
-            raise WeightFileError(f"{p['name']} is {list(rec.shape)} {rec.dtype} in the weights but the library "
-                                  f"expects {p['shape']} {p['dtype']}; re-run convert_weight with the library's "
-                                  "quantization.")
+    check_params(index, names, expected, base_url)
     wanted = set(names)
     inst = runtime.inst
     update = inst.global_function("vm.builtin.tensor_cache.update")

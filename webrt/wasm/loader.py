@@ -1,0 +1,203 @@
+"""The engine's `ModelLoader` in the browser: files through the cache, the library on WebGPU.
+
+    loader = WebGPUModelLoader(app_config)                 # its cache_backend picks the store
+    engine = Engine(app_config, loader=loader, init_progress_callback=print)
+    await engine.reload("SmolLM2-135M-Instruct-q4f32_1")
+
+For a `ModelRecord` it resolves the files as WebLLM does (``record.model`` + ``resolve/main/``
+unless it names a revision; `webrt.ndarray_cache.urls`), reads ``mlc-chat-config.json`` and the
+tokenizer files through the cache, requests a WebGPU device with the record's
+``required_features`` (a missing ``shader-f16`` raises FeatureNotSupportedError naming the f32
+build), fetches the library (cached), then loads the weights (cached shards, verified, straight
+to the GPU) while the compute pipelines are created, reporting ``{progress, timeElapsed, text}``.
+
+Kernel list: the first load creates every pipeline of the library. While the model runs, the
+backend notices kernels launched for the first time and saves their names in the cache; the next
+load creates only those, and any other kernel is still created on its first launch (TVM's
+lazy ``wasm.WebGPUCreateShader``), after which the saved list grows. Pipeline creation dominates
+load time on slow adapters (SwiftShader), so this is where a second load gains most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any, Sequence
+
+from webrt.engine.config import AppConfig, ModelRecord
+from webrt.engine.loader import InitProgressCallback, ProgressReporter
+from webrt.ndarray_cache.artifact_cache import ArtifactCache
+from webrt.ndarray_cache.cache_helpers import library_url, model_base_url
+from webrt.ndarray_cache.urls import CHAT_CONFIG_FILE, join_url
+from webrt.wasm.backend import WasmBackend
+from webrt.wasm.objects import Array
+from webrt.wasm.runtime import Runtime
+from webrt.wasm.webgpu import GPUInfo, request_device
+from webrt.wasm.weights import check_params, upload_record
+
+_QUANT = re.compile(r"q\d+f\d+(?:_\d+)?")
+#: Share of the progress bar for each phase (weights and pipelines run concurrently).
+_WEIGHTS_SHARE = 0.5
+
+
+def quantization_of(record: ModelRecord, chat_config: dict[str, Any]) -> str | None:
+    """The record's quantization: mlc-chat-config.json's, else the one its model id names."""
+    quant = chat_config.get("quantization")
+    if isinstance(quant, str) and quant:
+        return quant
+    for text in (record.model_id, record.model_lib):
+        found = _QUANT.search(text)
+        if found:
+            return found.group(0)
+    return None
+
+
+class KernelTrackingBackend(WasmBackend):
+    """A `WasmBackend` that saves the kernels the model launched, whenever new ones appear.
+
+    Checked after each download (every generated token reads one back): counting launched
+    kernels is a loop over the library's ~70 kernels, a few microseconds.
+    """
+
+    def __init__(self, runtime: Runtime, params: Any, cache: ArtifactCache, wasm_url: str, wasm_bytes: int,
+                 saved: Sequence[str] = ()):
+        super().__init__(runtime, params)
+        self._cache, self._wasm_url, self._wasm_bytes = cache, wasm_url, wasm_bytes
+        self._saved = set(saved)
+        self._launched = 0
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def download(self, tensor: Any, nbytes: int | None = None) -> bytes:
+        data = super().download(tensor, nbytes)
+        self._check_kernels()
+        return data
+
+    def _check_kernels(self) -> None:
+        kernels = self.runtime.gpu_ctx.kernels
+        launched = sum(1 for k in kernels if k.launches)
+        if launched == self._launched:
+            return
+        self._launched = launched
+        names = {k.spec.name for k in kernels if k.launches}
+        if names <= self._saved:
+            return
+        self._saved |= names
+        task = asyncio.ensure_future(self._cache.save_launched_kernels(self._wasm_url, self._saved, self._wasm_bytes))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def saved(self) -> list[str]:
+        """Wait for pending saves; the kernel names saved so far."""
+        self._check_kernels()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+        return sorted(self._saved)
+
+
+class _Progress:
+    """One progress bar over two concurrent phases (weights, pipelines)."""
+
+    def __init__(self, report: ProgressReporter, start: float, end: float):
+        self.report, self.start, self.end = report, start, end
+        self.parts = {"weights": 0.0, "pipelines": 0.0}
+
+    def phase(self, name: str, share: float) -> Any:
+        def callback(event: dict[str, Any]) -> None:
+            self.parts[name] = float(event.get("progress", 0.0)) * share
+            total = min(1.0, sum(self.parts.values()))
+            self.report(self.start + (self.end - self.start) * total, str(event.get("text", "")))
+
+        return callback
+
+
+class WebGPUModelLoader:
+    """`ModelLoader` for Pyodide + WebGPU (see the module docstring)."""
+
+    def __init__(self, app_config: AppConfig | None = None, *, cache_backend: str | None = None,
+                 concurrency: int = 4, use_kernel_list: bool = True, gpu: GPUInfo | None = None):
+        backend = cache_backend or (app_config.cache_backend if app_config is not None else "cache")
+        self.cache = ArtifactCache(backend, concurrency)
+        self.use_kernel_list = use_kernel_list
+        self.gpu = gpu
+        #: timings and fetch statistics of the last `load`
+        self.last_load: dict[str, Any] = {}
+
+    # --- ModelLoader --------------------------------------------------------------------------
+    async def read_text(self, record: ModelRecord, filename: str) -> str | None:
+        store = self.cache.config if filename == CHAT_CONFIG_FILE else self.cache.model
+        return await self.cache.fetch_text(store, join_url(model_base_url(record), filename))
+
+    async def load(self, record: ModelRecord, chat_config: dict[str, Any],
+                   progress_callback: InitProgressCallback | None) -> KernelTrackingBackend:
+        t0 = time.perf_counter()
+        report = ProgressReporter(progress_callback)
+        gpu = await self.device(record.required_features, quantization_of(record, chat_config))
+        wasm_url = library_url(record)
+        report(0.01, f"Fetching the model library {wasm_url.rsplit('/', 1)[-1]}")
+        wasm = await self.cache.fetch_library(wasm_url)
+        t_wasm = time.perf_counter()
+        runtime = await Runtime.load(wasm, gpu)
+        kernels = await self.cache.launched_kernels(wasm_url) if self.use_kernel_list else None
+        known = runtime.kernel_infos()
+        wanted = None if kernels is None else [k for k in kernels if k in known]
+        progress = _Progress(report, 0.05, 0.99)
+        t_phases = time.perf_counter()
+        weights = asyncio.ensure_future(
+            self._load_params(runtime, model_base_url(record), progress.phase("weights", _WEIGHTS_SHARE)))
+        pipelines = asyncio.ensure_future(
+            runtime.load_pipelines(wanted, progress.phase("pipelines", 1 - _WEIGHTS_SHARE)))
+        try:
+            params, pipelines_s = await asyncio.gather(weights, pipelines)
+        except BaseException:
+            for task in (weights, pipelines):  # a failed download need not wait for the pipelines
+                task.cancel()
+            await asyncio.gather(weights, pipelines, return_exceptions=True)
+            runtime.dispose()
+            raise
+        backend = KernelTrackingBackend(runtime, params, self.cache, wasm_url, int(wasm.byteLength), wanted or ())
+        self.last_load = {
+            "model_id": record.model_id,
+            "library_s": t_wasm - t0,
+            "instantiate_s": runtime.timings.get("instantiate_s", 0.0) + runtime.timings.get("vm_s", 0.0),
+            "weights_s": runtime.timings.get("weights_s", 0.0),
+            "pipelines_s": pipelines_s,
+            "weights_and_pipelines_s": time.perf_counter() - t_phases,
+            "pipelines_n": runtime.timings.get("pipelines_n", 0),
+            "kernels_total": len(known),
+            "kernel_list": wanted is not None,
+            "load_s": time.perf_counter() - t0,
+            "fetch": self.cache.stats.to_json(),
+        }
+        return backend
+
+    # --- parts --------------------------------------------------------------------------------
+    async def device(self, required_features: Sequence[str] = (), quantization: str | None = None) -> GPUInfo:
+        """The loader's device, (re)requested when it is lost or lacks a required feature."""
+        gpu = self.gpu
+        if gpu is None or gpu.lost or any(f not in gpu.features for f in required_features):
+            gpu = await request_device(required_features, quantization)
+            self.gpu = gpu
+        return gpu
+
+    async def _load_params(self, runtime: Runtime, base_url: str, progress: Any) -> Array:
+        """Weights from the cache (or network) straight to the GPU; the packed parameter array."""
+        t0 = time.perf_counter()
+        index = await self.cache.fetch_index(base_url)
+        names = runtime.param_names
+        check_params(index, names, runtime.metadata.get("params", []), base_url)
+        wanted = set(names)
+        inst = runtime.inst
+        update = inst.global_function("vm.builtin.tensor_cache.update")
+        clear = inst.global_function("vm.builtin.tensor_cache.clear")
+        clear()
+        shards = [s for s in index.shards if any(t.name in wanted for t in s.records)]
+        async for shard, data in self.cache.iter_shards(base_url, shards, progress):
+            for record in shard.records:
+                if record.name in wanted:
+                    update(record.name, upload_record(runtime, record, data), True)
+        params = inst.global_function("vm.builtin.param_array_from_cache_by_name")(list(names))
+        clear()
+        runtime.gpu_ctx.flush()
+        runtime.timings["weights_s"] = time.perf_counter() - t0
+        return params
