@@ -33,6 +33,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 #: name -> (HF config class, config overrides). All small enough to build in seconds.
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama2": ("LlamaConfig", {"num_key_value_heads": 4}),
+    "llama_bias": ("LlamaConfig", {"num_key_value_heads": 2, "attention_bias": True}),
     "llama3": (
         "LlamaConfig",
         {
@@ -120,9 +121,11 @@ def make_tiny_hf(arch: str, out_dir: Path, seed: int = 0, **overrides: Any) -> P
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # larger-than-default weights make logits less flat, so argmax is robust
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.mul_(2.5)
+            elif name.endswith(".bias"):  # HF initialises biases to zero: make them matter
+                p.normal_(0.0, 0.5)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save(str(out_dir / "tokenizer.json"))
@@ -180,7 +183,7 @@ def build_artifacts(
 
 def tiny_artifacts(arch: str, quantization: str = "q0f32", devices: tuple[str, ...] = ("cpu",), **kwargs: Any) -> Artifacts:
     """A tiny ``arch`` model (HF folder cached too) converted and compiled."""
-    hf_dir = cache_root() / f"hf-{arch}-v1"
+    hf_dir = cache_root() / f"hf-{arch}-v2"
     if not (hf_dir / "config.json").is_file():
         staging = Path(tempfile.mkdtemp(prefix=f"hf-{arch}.", dir=cache_root()))
         make_tiny_hf(arch, staging)

@@ -191,3 +191,46 @@ def test_unknown_conv_template_and_bad_override(hf_dir: Path, tmp_path: Path) ->
     lib = tmp_path / "lib.so"
     r = webrt("compile", str(model), "--device", "cpu", "--overrides", "context_window=12", "-o", str(lib))
     _assert_failed_cleanly(r, lib, "context_window=12", "context_window_size")
+
+
+def test_every_source_layout_converts_to_the_same_weights(hf_dir: Path, tmp_path: Path) -> None:
+    """safetensors (one file or sharded with an index) and PyTorch .bin give identical shards."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir)
+    reference = convert_weight(hf_dir, "q4f16_1", tmp_path / "ref", show_progress=False)
+    for name in ("sharded", "bin"):
+        src = tmp_path / f"src-{name}"
+        if name == "sharded":
+            model.save_pretrained(src, max_shard_size="50KB")
+        else:  # transformers 5 writes only safetensors: write the PyTorch checkpoint directly
+            src.mkdir()
+            shutil.copy(hf_dir / "config.json", src / "config.json")
+            torch.save(model.state_dict(), src / "pytorch_model.bin")
+        files = sorted(p.name for p in src.iterdir())
+        if name == "sharded":
+            assert "model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 2
+        else:
+            assert any(f.endswith(".bin") for f in files) and not any(f.endswith(".safetensors") for f in files)
+        index = convert_weight(src, "q4f16_1", tmp_path / f"out-{name}", show_progress=False)
+        assert [s.md5sum for s in index.shards] == [s.md5sum for s in reference.shards], name
+
+
+def test_config_layouts_agree() -> None:
+    """transformers-5 ``rope_parameters`` and the classic ``rope_theta`` + ``rope_scaling`` read alike."""
+    from webrt.models.config import TransformerConfig
+
+    base = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 131072,
+    }
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    classic = TransformerConfig.from_hf({**base, "rope_theta": 500000.0, "rope_scaling": {**scaling, "rope_type": "llama3"}})
+    new = TransformerConfig.from_hf({**base, "rope_parameters": {**scaling, "rope_type": "llama3", "rope_theta": 500000.0}})
+    legacy_key = TransformerConfig.from_hf({**base, "rope_theta": 500000.0, "rope_scaling": {**scaling, "type": "llama3"}})
+    assert classic == new == legacy_key
+    assert classic.rope_theta == 500000.0 and classic.rope_scaling["rope_type"] == "llama3" and classic.head_dim == 128
+    plain = TransformerConfig.from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}})
+    assert plain.rope_scaling is None and plain.rope_theta == 10000.0

@@ -93,6 +93,7 @@ class TransformerConfig:
             attention_bias=bool(d.get("attention_bias", False)),
             context_window_size=context,
             sliding_window_size=int(sliding) if sliding else -1,
+            extra={"mlp_bias": True} if d.get("mlp_bias") else {},
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,6 +32,8 @@ def validate_config(config: TransformerConfig) -> None:
             f"num_attention_heads ({config.num_attention_heads}) must be a multiple of "
             f"num_key_value_heads ({config.num_key_value_heads})"
         )
+    if config.extra.get("mlp_bias"):
+        raise ModelConfigError(f"{config.architecture} with mlp_bias=true is not supported")
     rope_type = (config.rope_scaling or {}).get("rope_type")
     if rope_type is not None and rope_type not in SUPPORTED_ROPE_SCALING:
         raise ModelConfigError(
@@ -49,8 +51,8 @@ class LlamaAttention(nn.Module):
         self.num_q_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         qkv_out = (self.num_q_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = Linear(config.hidden_size, qkv_out, quant, bias=qkv_bias)
-        self.o_proj = Linear(self.num_q_heads * self.head_dim, config.hidden_size, quant)
+        self.qkv_proj = Linear(config.hidden_size, qkv_out, quant, bias=qkv_bias or config.attention_bias)
+        self.o_proj = Linear(self.num_q_heads * self.head_dim, config.hidden_size, quant, bias=config.attention_bias)
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         b, s, _ = x.shape
