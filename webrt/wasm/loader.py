@@ -21,7 +21,6 @@ load time on slow adapters (SwiftShader), so this is where a second load gains m
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any, Sequence
 
@@ -36,7 +35,6 @@ from webrt.wasm.runtime import Runtime
 from webrt.wasm.webgpu import GPUInfo, request_device
 from webrt.wasm.weights import check_params, upload_record
 
-_QUANT = re.compile(r"q\d+f\d+(?:_\d+)?")
 #: Share of the progress bar for each phase (weights and pipelines run concurrently).
 _WEIGHTS_SHARE = 0.5
 
@@ -47,10 +45,19 @@ def quantization_of(record: ModelRecord, chat_config: dict[str, Any]) -> str | N
     if isinstance(quant, str) and quant:
         return quant
     for text in (record.model_id, record.model_lib):
-        found = _QUANT.search(text)
-        if found:
-            return found.group(0)
+        for piece in text.replace("/", "-").replace(".", "-").split("-"):
+            if _is_quantization_name(piece):
+                return piece
     return None
+
+
+def _is_quantization_name(piece: str) -> bool:
+    """MLC's names: q<bits>f<bits>, optionally _<variant> (q4f16_1, q0f32)."""
+    head, _, variant = piece.partition("_")
+    if not head.startswith("q") or "f" not in head or (variant and not variant.isdigit()):
+        return False
+    bits, _, float_bits = head[1:].partition("f")
+    return bits.isdigit() and float_bits.isdigit()
 
 
 class KernelTrackingBackend(WasmBackend):
