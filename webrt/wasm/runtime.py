@@ -91,7 +91,9 @@ class Runtime:
     async def load_pipelines(self, names: Sequence[str] | None = None, progress: ProgressCallback | None = None,
                              report_every_s: float = 1.0) -> float:
         """Create the compute pipelines of `names` (default: every kernel) with
-        `createComputePipelineAsync`; the others are created on first launch. Returns seconds."""
+        `createComputePipelineAsync`; the others are created on first launch. A kernel the
+        adapter rejects is recorded in `stats.kernels_failed` (its launch raises
+        ModelLibraryError) instead of failing the load. Returns seconds."""
         fmap = self.kernel_infos()
         todo = [n for n in fmap if names is None or n in set(names)]
         unknown = sorted(set(names or ()) - set(fmap))
@@ -102,7 +104,13 @@ class Runtime:
         t0 = time.perf_counter()
         last = t0
         for i, name in enumerate(todo):
-            kernel = self.gpu_ctx.kernel(name) or await self.gpu_ctx.create_kernel_async(fmap[name], get_shader(name))
+            try:
+                kernel = self.gpu_ctx.kernel(name) or await self.gpu_ctx.create_kernel_async(fmap[name],
+                                                                                             get_shader(name))
+            except Exception as exc:  # noqa: BLE001 - GPUPipelineError: the adapter rejects the WGSL
+                # the model may never launch it; if it does, the launch raises ModelLibraryError
+                self.gpu_ctx.stats.kernels_failed[name] = str(exc).splitlines()[0]
+                continue
             fn = self.inst.raw_function(kernel.launch, name)
             update(name, fn)
             fn.dispose()

@@ -265,6 +265,8 @@ class Stats:
     allocs: int = 0
     frees: int = 0
     kernels_created_lazily: list[str] = field(default_factory=list)
+    #: kernel -> why this adapter rejected it when the pipelines were created up front
+    kernels_failed: dict[str, str] = field(default_factory=dict)
     pipeline_s: dict[str, float] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
@@ -779,6 +781,10 @@ def register_device_api(inst: Any, ctx: WebGPUContext) -> None:
 
     def create_shader(info: str, code: str) -> Any:
         finfo = json.loads(info)
+        failed = ctx.stats.kernels_failed.get(finfo["name"])
+        if failed is not None:  # a synchronous retry would give an invalid pipeline silently
+            raise ModelLibraryError(f"kernel {finfo['name']} of the model library does not compile on this adapter "
+                                    f"({failed}); rebuild the library with a webrt whose WebGPU codegen handles it.")
         kernel = ctx.kernel(finfo["name"]) or ctx.create_kernel(finfo, code)
         ctx.stats.kernels_created_lazily.append(finfo["name"])
         return inst.raw_function(kernel.launch, finfo["name"])
