@@ -55,12 +55,20 @@ def chromium_available() -> bool:
     return Path(CHROMIUM).exists()
 
 
+#: Faults a test can inject per URL path (`StaticServer.faults`): "abort" sends the headers and
+#: half the body, then drops the connection; "corrupt" flips one byte in the middle (same size);
+#: "404" / "500" answer with that status.
+FAULTS = ("abort", "corrupt", "404", "500")
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves in-memory files first, then the longest matching directory route."""
 
     def __init__(self, *args: Any, routes: Mapping[str, Path], files: Mapping[str, bytes],
-                 **kwargs: Any):
+                 log: list[str] | None = None, faults: dict[str, str] | None = None, **kwargs: Any):
         self.routes, self.files = routes, files
+        self.request_log = log if log is not None else []
+        self.faults = faults if faults is not None else {}
         super().__init__(*args, **kwargs)
 
     def translate_path(self, path: str) -> str:
@@ -76,6 +84,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         url_path = self.path.split("?", 1)[0]
+        self.request_log.append(url_path)
+        fault = self.faults.get(url_path)
+        if fault is not None:
+            self._serve_fault(url_path, fault)
+            return
         if url_path in self.files:
             body = self.files[url_path]
             self.send_response(200)
@@ -86,6 +99,31 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(body)
             return
         super().do_GET()
+
+    def _serve_fault(self, url_path: str, fault: str) -> None:
+        if fault in ("404", "500"):
+            self.send_error(int(fault))
+            return
+        path = Path(self.translate_path(url_path))
+        body = self.files.get(url_path) or (path.read_bytes() if path.is_file() else b"")
+        if not body:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", self.guess_type(url_path))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if fault == "corrupt":
+            mid = len(body) // 2
+            self.wfile.write(body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1:])
+        elif fault == "abort":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(2)
+        else:
+            raise ValueError(f"unknown fault {fault!r}; known: {FAULTS}")
 
     def guess_type(self, path: str | os.PathLike[str]) -> str:
         return _MIME.get(Path(str(path)).suffix, None) or super().guess_type(path)
@@ -110,7 +148,12 @@ class StaticServer:
         self.files = {"/favicon.ico": b""}
         for path, body in (files or {}).items():
             self.files[path] = body.encode() if isinstance(body, str) else body
-        handler = functools.partial(_Handler, routes=self.routes, files=self.files)
+        #: every GET's URL path, in order (tests count network fetches with it)
+        self.requests: list[str] = []
+        #: URL path -> fault (see FAULTS), applied to every GET of that path until removed
+        self.faults: dict[str, str] = {}
+        handler = functools.partial(_Handler, routes=self.routes, files=self.files, log=self.requests,
+                                    faults=self.faults)
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -118,6 +161,10 @@ class StaticServer:
 
     def url(self, path: str = "/") -> str:
         return self.base_url + path
+
+    def count(self, prefix: str) -> int:
+        """How many GETs so far were for paths starting with `prefix`."""
+        return sum(1 for p in list(self.requests) if p.startswith(prefix))
 
     def __enter__(self) -> StaticServer:
         self._thread.start()

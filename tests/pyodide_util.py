@@ -71,12 +71,18 @@ class PyodidePage:
         try:
             self.server = self._stack.enter_context(browser_util.StaticServer(self.routes, files))
             self.browser = self._stack.enter_context(browser_util.chromium())
-            self.browser.goto(self.server.url("/"))
-            self.browser.evaluate("async () => await window.webrtBoot", timeout_s=self.boot_timeout_s)
+            self.reload()
         except BaseException:
             self._stack.close()
             raise
         return self
+
+    def reload(self) -> None:
+        """(Re)load the page and boot webrt again: a fresh Pyodide and GPU device, the same
+        browser profile (Cache Storage and IndexedDB persist)."""
+        assert self.browser is not None and self.server is not None
+        self.browser.goto(self.server.url("/"))
+        self.browser.evaluate("async () => await window.webrtBoot", timeout_s=self.boot_timeout_s)
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
