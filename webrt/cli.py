@@ -109,6 +109,38 @@ def _chat(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("serve", "serve the browser chat demo and model artifacts on 127.0.0.1")
+def _serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True, help="model folder (repeat for several models)")
+    p.add_argument("--model-lib", action="append", required=True, help="its WebGPU library (.wasm), one per --model")
+    p.add_argument("--model-id", action="append", help="its id in the page (default: the folder name)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--site", help="page folder to serve at / (default: the repo's site/; e.g. examples/get-started)")
+    p.add_argument("--pyodide", help="the npm pyodide package folder (default: node_modules/pyodide)")
+    p.add_argument("--cache-backend", choices=["cache", "indexeddb"], default="cache",
+                   help="where the browser keeps model files (AppConfig.cache_backend)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+
+    def run(a: argparse.Namespace) -> None:
+        from webrt.errors import ModelConfigError
+        from webrt.wasm.serve import ServedModel, demo_server
+
+        ids = a.model_id or []
+        if len(a.model_lib) != len(a.model) or len(ids) > len(a.model):
+            raise ModelConfigError("give one --model-lib (and at most one --model-id) per --model")
+        models = [ServedModel(m, lib, ids[i] if i < len(ids) else "")
+                  for i, (m, lib) in enumerate(zip(a.model, a.model_lib))]
+        server = demo_server(models, a.port, a.site, a.pyodide, a.cache_backend, a.verbose)
+        print(f"webrt: serving {', '.join(m.model_id for m in models)} at {server.url('/')} (Ctrl-C stops)",
+              flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.httpd.server_close()
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webrt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -21,7 +21,8 @@ BROWSER_PARTS: tuple[str, ...] = (
     "webrt/ndarray_cache",
 )
 #: Files inside those packages that only the build side uses.
-_SKIP = {"webrt/wasm/bundle.py", "webrt/tokenizer/gen_bert_tables.py", "webrt/tokenizer/bench.py"}
+_SKIP = {"webrt/wasm/bundle.py", "webrt/wasm/serve.py", "webrt/tokenizer/gen_bert_tables.py",
+         "webrt/tokenizer/bench.py"}
 
 
 def bundle_files(repo_root: str | Path) -> list[Path]:
