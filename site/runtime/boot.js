@@ -54,12 +54,21 @@ export async function bootMain(opts) {
   return await bootPython(opts);
 }
 
-/** Boot inside a module worker; the returned object has the same `runPython`. */
+/** Boot inside a module worker; the returned object has the same `runPython`.
+ *
+ * `opts.onEvent(event)` (optional) receives what Python in the worker posts while it runs,
+ * e.g. `js.postMessage(to_js({"event": {...}}))` for progress reports and streamed text.
+ */
 export async function bootWorker(opts) {
+  const { onEvent, ...bootOpts } = opts;
   const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
   const pending = new Map();
   let nextId = 1;
   worker.onmessage = (e) => {
+    if (e.data && e.data.event !== undefined) {
+      if (onEvent) onEvent(e.data.event);
+      return;
+    }
     const { id, result, error } = e.data;
     const p = pending.get(id);
     if (!p) return;
@@ -76,7 +85,7 @@ export async function bootWorker(opts) {
     pending.set(id, { resolve, reject });
     worker.postMessage({ id, kind, payload });
   });
-  const info = await call("boot", opts);
+  const info = await call("boot", bootOpts);
   return {
     worker,
     bootMs: info.bootMs,

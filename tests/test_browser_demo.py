@@ -1,0 +1,83 @@
+"""The chat demo (site/) served by `webrt serve`'s server, driven in headless Chromium.
+
+The page boots webrt in a module worker, loads the tiny model from the served AppConfig with a
+progress bar, and streams a greedy reply, which must equal the native Engine's reply. A
+screenshot goes to $WEBRT_SCREENSHOT_DIR (default: pytest's tmp dir) for a look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import browser_util
+import pyodide_util
+
+pytestmark = pytest.mark.browser
+
+QUESTION = "hello world"
+TIMEOUT_S = 180
+
+
+def native_reply(art: Any, max_tokens: int) -> str:
+    from webrt.engine import AppConfig, Engine
+
+    async def main() -> str:
+        engine = Engine(AppConfig([{"model": str(art.model_dir), "model_id": "tiny", "model_lib": str(art.libs["cpu"])}]))
+        await engine.reload("tiny")
+        reply = await engine.chat.completions.create(messages=[{"role": "user", "content": QUESTION}],
+                                                     temperature=0, max_tokens=max_tokens)
+        return reply.choices[0].message.content
+
+    return asyncio.run(main())
+
+
+def test_demo_loads_the_tiny_model_and_streams_a_reply(tmp_path: Path) -> None:
+    if not pyodide_util.pyodide_available() or shutil.which("emcc") is None:
+        pytest.skip("chromium, playwright, npm pyodide or emcc is missing")
+    import model_factory
+    from webrt.wasm.serve import ServedModel, demo_server
+
+    art = model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
+    # the demo leaves max_tokens to the model: a context window of 256 bounds the reply
+    expected = native_reply(art, max_tokens=10_000)
+    server = demo_server([ServedModel(art.model_dir, art.libs["webgpu"], "tiny-llama")])
+    shots = Path(os.environ.get("WEBRT_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with server, browser_util.chromium() as browser:
+        page = browser.page
+        page.set_viewport_size({"width": 900, "height": 760})
+        browser.goto(server.url("/"))
+        browser.evaluate("async () => { await window.webrtDemo.ready; }", timeout_s=TIMEOUT_S)
+        assert page.locator("#model option").all_inner_texts() == ["tiny-llama"]
+        page.click("#load")
+        page.wait_for_function("() => document.querySelector('#model').dataset.loaded === 'tiny-llama'",
+                               timeout=TIMEOUT_S * 1000)
+        status = page.inner_text("#status")
+        assert "ready" in status and "files downloaded" in status
+        assert page.eval_on_selector("#bar", "el => el.value") == 1
+        page.fill("#temperature", "0")
+        page.fill("#input", QUESTION)
+        page.click("#send")
+        page.wait_for_function("() => !document.querySelector('#stop').disabled || "
+                               "document.querySelector('.msg.assistant')?.textContent", timeout=TIMEOUT_S * 1000)
+        page.wait_for_function("() => document.querySelector('#stop').disabled && "
+                               "window.webrtDemo.history.length === 2", timeout=TIMEOUT_S * 1000)
+        page.screenshot(path=str(shots / "demo.png"))
+        reply = page.inner_text(".msg.assistant")
+        events: list[str] = page.evaluate("() => window.webrtDemo.events")
+        stats = page.inner_text("#stats")
+        errors = [m for m in browser.console if m.startswith("pageerror")]
+    assert reply == expected.strip() or reply == expected
+    assert events.count("delta") > 1  # streamed, not one block
+    assert events.index("delta") < events.index("done")
+    assert events.count("progress") >= 3
+    assert "decode" in stats and "tok/s" in stats
+    assert errors == []
+    assert server.count("/models/tiny-llama/resolve/main/params_shard_") >= 1
+    print(f"\ndemo reply: {reply!r}; screenshot: {shots / 'demo.png'}")
