@@ -141,6 +141,55 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("bench", "benchmark webrt against TVM's JS runtime (browser) and HF transformers (native)")
+def _bench(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench_kind", required=True)
+    for kind, lib_help in (("browser", "its WebGPU library (.wasm)"), ("native", "its CPU library (.so)")):
+        q = sub.add_parser(kind, help=f"{kind} benchmark (see webrt.bench)")
+        q.add_argument("--model", action="append", required=True, help="model folder (repeat for several)")
+        q.add_argument("--model-lib", action="append", required=True, help=f"{lib_help}, one per --model")
+        q.add_argument("--label", action="append", help="row label, one per --model (default: folder name)")
+        q.add_argument("--steps", type=int, default=8 if kind == "browser" else 16, help="timed decode steps")
+        q.add_argument("--warmup", type=int, default=2, help="untimed decode steps first")
+        q.add_argument("--prompt-len", type=int, default=8, help="prompt tokens prefilled before decoding")
+        q.add_argument("--json", help="also write the raw results here")
+        if kind == "native":
+            q.add_argument("--hf-gguf", help="a GGUF for the HF transformers row (fp32)")
+            q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
+
+    def run(a: argparse.Namespace) -> None:
+        import json
+        from pathlib import Path
+
+        from webrt.bench import report
+        from webrt.errors import ModelConfigError
+
+        labels = a.label or []
+        if len(a.model_lib) != len(a.model) or len(labels) > len(a.model):
+            raise ModelConfigError("give one --model-lib (and at most one --label) per --model")
+        names = [labels[i] if i < len(labels) else Path(m).name for i, m in enumerate(a.model)]
+        if a.bench_kind == "browser":
+            from webrt.bench.browser_bench import BrowserModel, bench_model
+
+            results = [bench_model(BrowserModel(n, Path(m), Path(lib)), a.steps, a.warmup, a.prompt_len,
+                                   log=lambda line: print(line, file=sys.stderr, flush=True))
+                       for n, m, lib in zip(names, a.model, a.model_lib)]
+            text = report.browser_table(results) + "\n\n" + report.browser_notes(results)
+        else:
+            from webrt.bench.native_bench import NativeModel, bench_transformers, bench_webrt_cpu
+
+            results = [bench_webrt_cpu(NativeModel(n, Path(m), Path(lib)), a.steps, a.warmup, a.prompt_len)
+                       for n, m, lib in zip(names, a.model, a.model_lib)]
+            if a.hf_gguf:
+                results.append(bench_transformers(Path(a.hf_gguf), a.steps, a.warmup, a.prompt_len, a.threads))
+            text = report.native_table(results)
+        print(text)
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=1))
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webrt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

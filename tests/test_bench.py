@@ -1,0 +1,73 @@
+"""`webrt bench` on the tiny model: the native table from the CLI, and the browser comparison
+(TVM's JS runtime and webrt on the same .wasm must produce the same greedy tokens)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyodide_util
+from webrt.cli import main
+
+
+def _tiny(devices: tuple[str, ...]) -> Any:
+    import model_factory
+
+    return model_factory.tiny_artifacts("llama2", devices=devices)
+
+
+def test_native_bench_cli_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    art = _tiny(("cpu",))
+    out = tmp_path / "native.json"
+    rc = main(["bench", "native", "--model", str(art.model_dir), "--model-lib", str(art.libs["cpu"]),
+               "--label", "tiny", "--steps", "4", "--warmup", "1", "--json", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "| tiny | webrt CPU library (TVM runtime) |" in table and "decode ms/token" in table
+    result = json.loads(out.read_text())[0]
+    assert len(result["step_ms"]) == 4 and result["median_ms"] > 0
+    assert len(result["tokens"]) == 1 + 1 + 4  # prefill token, warm-up, timed steps
+
+    # the same greedy tokens as the engine's runner gives natively
+    from webrt.engine.model_runner import ModelRunner, WindowConfig
+    from webrt.native.backend import NativeBackend
+
+    cfg = art.chat_config
+    runner = ModelRunner(NativeBackend(art.model_dir, art.libs["cpu"]),
+                         WindowConfig(cfg["context_window_size"], -1, -1, cfg["prefill_chunk_size"]))
+    prompt = [(17 + 7919 * i) % cfg["vocab_size"] for i in range(8)]
+    tokens = [runner.argmax(runner.prefill(prompt))]
+    for _ in range(5):
+        tokens.append(runner.argmax(runner.decode(tokens[-1])))
+    assert tokens == result["tokens"]
+
+
+def test_bench_rejects_mismatched_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "native", "--model", "a", "--model", "b", "--model-lib", "x.so"]) == 1
+    assert "one --model-lib" in capsys.readouterr().err
+
+
+@pytest.mark.browser
+def test_browser_bench_tvmjs_and_webrt_agree() -> None:
+    if not pyodide_util.pyodide_available() or shutil.which("emcc") is None:
+        pytest.skip("chromium, playwright, npm pyodide or emcc is missing")
+    from webrt.bench import report
+    from webrt.bench.browser_bench import BrowserModel, bench_model
+
+    art = _tiny(("cpu", "webgpu"))
+    result = bench_model(BrowserModel("tiny", art.model_dir, art.libs["webgpu"]), steps=4, warmup=1)
+    s = result["summary"]
+    assert result["tokens_equal"], (result["tvmjs"]["cold"]["tokens"], result["webrt"]["cold"]["tokens"])
+    assert s["steps"] == 4 and s["webrt_step_ms"] > 0 and s["tvmjs_step_ms"] > 0
+    assert 0 < s["webrt_host_fraction"] < 1
+    # warm: webrt reads everything from the cache and creates only the kernels it launched
+    warm = result["webrt"]["warm"]
+    assert warm["downloads"] == 0 and warm["kernelList"] and warm["kernels"] < s["tvmjs_kernels"]
+    assert result["tvmjs"]["console_errors"] == [] and result["webrt"]["console_errors"] == []
+    table = report.browser_table([result])
+    print("\n" + table + "\n" + report.browser_notes([result]))
+    assert table.count("| tiny |") == 2

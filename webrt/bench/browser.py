@@ -1,0 +1,107 @@
+"""Headless Chromium with WebGPU for the benchmarks (Playwright over CDP).
+
+The flags are the ones that give a WebGPU adapter here (SwiftShader on a machine without a GPU;
+the real GPU elsewhere); each session gets a fresh profile, so nothing is cached from a previous
+one. Every `evaluate` is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from webrt.errors import ToolchainError
+
+CHROMIUM_FLAGS = (
+    "--headless=new", "--enable-unsafe-webgpu", "--no-sandbox", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--disable-quic",
+)
+
+
+def find_chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise ToolchainError("no Chromium found; install it (`apt-get install chromium`) for `webrt bench`.")
+
+
+class Page:
+    """One page of a Chromium session, with bounded `evaluate`."""
+
+    def __init__(self, page: Any):
+        self.page = page
+        self.console: list[str] = []
+        page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
+        page.on("pageerror", lambda err: self.console.append(f"pageerror: {err}"))
+
+    def goto(self, url: str, timeout_s: float = 60) -> None:
+        self.page.goto(url, timeout=timeout_s * 1000, wait_until="load")
+
+    def evaluate(self, script: str, arg: Any = None, timeout_s: float = 600) -> Any:
+        """Run a JS function expression on `arg`; TimeoutError after `timeout_s`."""
+        ms = int(timeout_s * 1000)
+        wrapper = ("async ([arg, ms]) => { const fn = (" + script + "); let timer;"
+                   " const limit = new Promise((_, reject) => { timer = setTimeout("
+                   " () => reject(new Error(`timed out after ${ms} ms`)), ms); });"
+                   " try { return await Promise.race([Promise.resolve().then(() => fn(arg)), limit]); }"
+                   " finally { clearTimeout(timer); } }")
+        return self.page.evaluate(wrapper, [arg, ms])
+
+
+@contextlib.contextmanager
+def chromium_page(startup_timeout_s: float = 60) -> Iterator[Page]:
+    """A fresh-profile headless Chromium and one page; the browser is ended on exit."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise ToolchainError("`webrt bench` drives Chromium with Playwright: pip install playwright") from None
+    profile = Path(tempfile.mkdtemp(prefix="webrt-bench-"))
+    proc = subprocess.Popen([find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                             "--remote-debugging-port=0", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pw = None
+    try:
+        port = _devtools_port(profile, proc, startup_timeout_s)
+        pw = sync_playwright().start()
+        browser = pw.chromium.connect_over_cdp(f"http://127.0.0.1:{port}", timeout=startup_timeout_s * 1000)
+        context = browser.contexts[0] if browser.contexts else browser.new_context()
+        yield Page(context.pages[0] if context.pages else context.new_page())
+        with contextlib.suppress(Exception):
+            browser.close()
+    finally:
+        if pw is not None:
+            with contextlib.suppress(Exception):
+                pw.stop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _devtools_port(profile: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    port_file = profile / "DevToolsActivePort"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ToolchainError(f"chromium exited at start-up with code {proc.returncode}")
+        if port_file.is_file():
+            first = port_file.read_text().splitlines()[:1]
+            if first and first[0].strip().isdigit():
+                return int(first[0])
+        time.sleep(0.05)
+    raise ToolchainError(f"chromium did not open its DevTools port within {timeout_s} s")

@@ -1,0 +1,132 @@
+"""The browser benchmark: TVM's JS runtime vs webrt on the same .wasm and weights.
+
+For each model, each runtime gets a fresh Chromium profile (so neither profits from the other's
+caches): a cold load (empty caches, weights downloaded from the local server) to "ready",
+prefill, `steps` timed greedy decode steps after `warmup` untimed ones, then a page reload and a
+warm load to "ready" (weights from Cache Storage; webrt also creates only the kernels the model
+launched). Both runtimes must produce the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webrt.bench.browser import Page, chromium_page
+from webrt.errors import ToolchainError
+from webrt.wasm.serve import ArtifactServer, ServedModel, repo_root
+
+BENCH_DIR = Path(__file__).resolve().parent
+JS_PAGE = ("<!doctype html><meta charset='utf-8'><title>tvmjs bench</title>"
+           "<script src='/tvmjs/index.js'></script><script src='/bench/tvmjs_bench.js'></script>")
+WEBRT_PAGE = ("<!doctype html><meta charset='utf-8'><title>webrt bench</title><script type='module'>"
+              "import { bootMain } from '/runtime/boot.js';"
+              "window.webrtBoot = bootMain({pyodideURL: '/pyodide/', bundleURL: '/webrt-bundle.zip'})"
+              ".then((rt) => { window.webrt = rt; return rt.bootMs; });</script>")
+
+
+@dataclass
+class BrowserModel:
+    """A model folder and its WebGPU library, benchmarked under `label`."""
+
+    label: str
+    model_dir: Path
+    wasm: Path
+
+
+def _server(models: list[BrowserModel]) -> ArtifactServer:
+    from webrt.wasm.bundle import build_bundle
+
+    root = repo_root()
+    tvmjs = root / "node_modules" / "@mlc-ai" / "web-runtime" / "lib"
+    pyodide = root / "node_modules" / "pyodide"
+    for path, what in ((tvmjs / "index.js", "npm @mlc-ai/web-runtime"), (pyodide / "pyodide.mjs", "npm pyodide")):
+        if not path.is_file():
+            raise ToolchainError(f"{path} is missing: run `npm ci` in the webrt checkout ({what}).")
+    routes: dict[str, Path] = {"/tvmjs/": tvmjs, "/pyodide/": pyodide, "/runtime/": root / "site" / "runtime",
+                               "/bench/": BENCH_DIR}
+    for m in models:
+        routes.update(ServedModel(m.model_dir, m.wasm, m.label).routes())
+    files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/webrt-bundle.zip": build_bundle(root)}
+    return ArtifactServer(routes, files, isolation=False)
+
+
+def _options(model: BrowserModel, server: ArtifactServer, steps: int, warmup: int, prompt_len: int) -> dict[str, Any]:
+    config = json.loads((model.model_dir / "mlc-chat-config.json").read_text())
+    vocab = int(config["vocab_size"])
+    chunk = int(config.get("prefill_chunk_size") or 128)
+    context = int(config["context_window_size"])
+    prompt = [(17 + 7919 * i) % vocab for i in range(min(prompt_len, chunk))]  # fixed, spread-out ids
+    return {"modelURL": server.url(f"/models/{model.label}/resolve/main/"), "model": f"/models/{model.label}/",
+            "wasmURL": server.url(f"/libs/{model.label}/{model.wasm.name}"),
+            "wasm": f"/libs/{model.label}/{model.wasm.name}", "contextWindow": context, "prefillChunk": chunk,
+            "prompt": prompt, "steps": steps, "warmup": warmup}
+
+
+def _run_tvmjs(page: Page, opts: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    return page.evaluate("(opts) => webrtBenchTvmjs(opts)", opts, timeout_s=timeout_s)
+
+
+def _run_webrt(page: Page, server: ArtifactServer, opts: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    boot_ms = page.evaluate("async () => await window.webrtBoot", timeout_s=120)
+    code = (BENCH_DIR / "page_bench.py").read_text()
+    result = page.evaluate("async (code) => await window.webrt.runPython(code)", code, timeout_s=60)
+    if result.get("error"):
+        raise RuntimeError(result["error"])
+    result = page.evaluate("async (arg) => await window.webrt.runPython(arg)",
+                           f"await webrt_bench({json.dumps(json.dumps(opts))})", timeout_s=timeout_s)
+    if result.get("error"):
+        raise RuntimeError(f"webrt bench failed in the page:\n{result['error']}")
+    out = result["value"]
+    out["bootMs"] = boot_ms
+    return out
+
+
+def bench_model(model: BrowserModel, steps: int = 8, warmup: int = 2, prompt_len: int = 8,
+                timeout_s: float = 900, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both runtimes on one model: {"tvmjs": {cold, warm}, "webrt": {cold, warm}, ...}."""
+    out: dict[str, Any] = {"label": model.label}
+    with _server([model]) as server:
+        opts = _options(model, server, steps, warmup, prompt_len)
+        for runtime in ("tvmjs", "webrt"):
+            log(f"[bench] {model.label}: {runtime}, cold cache ...")
+            with chromium_page() as page:
+                page.goto(server.url(f"/{'js' if runtime == 'tvmjs' else 'webrt'}.html"))
+                cold = (_run_tvmjs(page, opts, timeout_s) if runtime == "tvmjs"
+                        else _run_webrt(page, server, opts, timeout_s))
+                log(f"[bench] {model.label}: {runtime}, warm cache (page reloaded) ...")
+                page.goto(server.url(f"/{'js' if runtime == 'tvmjs' else 'webrt'}.html"))
+                warm_opts = {**opts, "steps": 0}
+                warm = (_run_tvmjs(page, warm_opts, timeout_s) if runtime == "tvmjs"
+                        else _run_webrt(page, server, warm_opts, timeout_s))
+                errors = [m for m in page.console if m.startswith(("error", "pageerror"))]
+            out[runtime] = {"cold": cold, "warm": warm, "console_errors": errors[:5]}
+    out["tokens_equal"] = out["tvmjs"]["cold"]["tokens"] == out["webrt"]["cold"]["tokens"]
+    out["summary"] = summarize(out)
+    return out
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the report shows (milliseconds unless named otherwise)."""
+    js, py = result["tvmjs"]["cold"], result["webrt"]["cold"]
+    js_step, py_step = _median(js["stepMs"]), _median(py["stepMs"])
+    py_host = _median(py["hostMs"])
+    return {
+        "tvmjs_ready_cold_ms": js["readyMs"], "webrt_ready_cold_ms": py["readyMs"],
+        "tvmjs_ready_warm_ms": result["tvmjs"]["warm"]["readyMs"], "webrt_ready_warm_ms": result["webrt"]["warm"]["readyMs"],
+        "tvmjs_kernels": js["kernels"], "webrt_kernels_warm": result["webrt"]["warm"]["kernels"],
+        "webrt_boot_ms": py["bootMs"],
+        "tvmjs_prefill_ms": js["prefillMs"], "webrt_prefill_ms": py["prefillMs"],
+        "tvmjs_step_ms": js_step, "webrt_step_ms": py_step, "step_ratio": py_step / js_step,
+        "tvmjs_host_ms": _median(js["hostMs"]), "webrt_host_ms": py_host, "webrt_host_fraction": py_host / py_step,
+        "dispatches_per_step": _median(py["dispatches"]),
+        "tokens_equal": result["tokens_equal"], "steps": len(py["stepMs"]),
+    }

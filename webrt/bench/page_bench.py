@@ -1,0 +1,53 @@
+"""webrt's side of the browser benchmark, run by Pyodide in the page (served as text, not imported).
+
+The same work as `tvmjs_bench.js`: load the library and weights to "ready" (through
+`WebGPUModelLoader`: cached downloads, pipelines, the KV cache), prefill, then greedy decode with
+argmax on the device (`ModelRunner`, what the Engine runs per token). Per step it splits the wall
+time into GPU wait (blocked on the readback) and host time (everything Python does).
+"""
+
+import asyncio
+import json
+import time
+
+from webrt.engine.config import ModelRecord
+from webrt.engine.model_runner import ModelRunner, WindowConfig
+from webrt.wasm.loader import WebGPUModelLoader
+
+
+async def _webrt_bench(opts):
+    t0 = time.perf_counter()
+    loader = WebGPUModelLoader(cache_backend="cache")
+    record = ModelRecord(model=opts["model"], model_id="bench", model_lib=opts["wasm"])
+    chat_config = json.loads(await loader.read_text(record, "mlc-chat-config.json"))
+    backend = await loader.load(record, chat_config, None)
+    runner = ModelRunner(backend, WindowConfig(opts["contextWindow"], -1, -1, opts["prefillChunk"]))
+    backend.runtime.gpu_ctx.sync()
+    out = {"runtime": "webrt", "readyMs": (time.perf_counter() - t0) * 1e3,
+           "pipelinesMs": loader.last_load["pipelines_s"] * 1e3, "weightsMs": loader.last_load["weights_s"] * 1e3,
+           "kernels": loader.last_load["pipelines_n"], "kernelList": loader.last_load["kernel_list"],
+           "downloads": len(loader.last_load["fetch"]["network"])}
+    if not opts.get("steps"):
+        return out
+    stats = backend.stats
+    t = time.perf_counter()
+    token = runner.argmax(runner.prefill(opts["prompt"]))
+    out["prefillMs"] = (time.perf_counter() - t) * 1e3
+    tokens, total, host, dispatches = [token], [], [], []
+    for i in range(opts["warmup"] + opts["steps"]):
+        t, w, d = time.perf_counter(), stats.wait_s, stats.dispatches
+        token = runner.argmax(runner.decode(token))
+        step = time.perf_counter() - t
+        tokens.append(token)
+        if i >= opts["warmup"]:
+            total.append(step * 1e3)
+            host.append((step - (stats.wait_s - w)) * 1e3)
+            dispatches.append(stats.dispatches - d)
+    out.update(stepMs=total, hostMs=host, dispatches=dispatches, tokens=tokens,
+               savedKernels=len(await backend.saved()))
+    return out
+
+
+async def webrt_bench(opts_json):
+    """Entry point: JSON options in, a JSON-able dict out (runs the work in an asyncio task)."""
+    return await asyncio.create_task(_webrt_bench(json.loads(opts_json)))

@@ -1,0 +1,45 @@
+"""Markdown tables for `webrt bench` results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _s(ms: float) -> str:
+    return f"{ms / 1000:.1f} s"
+
+
+def browser_table(results: list[dict[str, Any]]) -> str:
+    """One row per model: TVM's JS runtime vs webrt, same .wasm, weights and browser."""
+    lines = [
+        "| model | runtime | ready, cold cache | ready, warm cache (pipelines) | prefill | decode ms/token | host ms/step (share) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        s = r["summary"]
+        lines.append(f"| {r['label']} | TVM JS runtime (tvmjs) | {_s(s['tvmjs_ready_cold_ms'])} | "
+                     f"{_s(s['tvmjs_ready_warm_ms'])} ({s['tvmjs_kernels']}) | {s['tvmjs_prefill_ms']:.0f} ms | "
+                     f"{s['tvmjs_step_ms']:.1f} | {s['tvmjs_host_ms']:.1f} |")
+        lines.append(f"| {r['label']} | webrt (Python on Pyodide) | {_s(s['webrt_ready_cold_ms'])} | "
+                     f"{_s(s['webrt_ready_warm_ms'])} ({s['webrt_kernels_warm']}) | {s['webrt_prefill_ms']:.0f} ms | "
+                     f"{s['webrt_step_ms']:.1f} (**{s['step_ratio']:.2f}x**) | "
+                     f"{s['webrt_host_ms']:.1f} (**{100 * s['webrt_host_fraction']:.0f}%**) |")
+    return "\n".join(lines)
+
+
+def browser_notes(results: list[dict[str, Any]]) -> str:
+    notes = []
+    for r in results:
+        s = r["summary"]
+        notes.append(f"- {r['label']}: {s['steps']} timed decode steps, {s['dispatches_per_step']:.0f} dispatches per step; "
+                     f"same tokens from both runtimes: {'yes' if s['tokens_equal'] else 'NO'}; webrt's Pyodide boot "
+                     f"(not in 'ready'): {_s(s['webrt_boot_ms'])}.")
+    return "\n".join(notes)
+
+
+def native_table(results: list[dict[str, Any]]) -> str:
+    lines = ["| model | runtime | threads | prefill | decode ms/token |", "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['label']} | {r['runtime']} | {r['threads']} | {r['prefill_ms']:.0f} ms "
+                     f"({r['prompt_len']} tokens) | {r['median_ms']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+// The reference side of `webrt bench`: a model library driven by TVM's own JS runtime ("tvmjs",
+// npm @mlc-ai/web-runtime), with WebLLM's sequence: detectGPUDevice, instantiate, initWebGPU,
+// createVirtualMachine, asyncLoadWebGPUPipelines, fetchTensorCache + getParamsFromCacheByName,
+// create_tir_paged_kv_cache; then prefill and a greedy decode loop with argmax on the device
+// (one int32 read back per step). Loaded as a classic script after /tvmjs/index.js.
+
+async function webrtBenchTvmjs(opts) {
+  const now = () => performance.now();
+  const t0 = now();
+  const gpu = await tvmjs.detectGPUDevice();
+  if (!gpu) throw new Error("no WebGPU adapter");
+  const wasm = await (await fetch(opts.wasmURL)).arrayBuffer();
+  const tvm = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), () => {});
+  tvm.initWebGPU(gpu.device);
+  const dev = tvm.webgpu();
+  tvm.beginScope();
+  const vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(dev));
+  const tPipelines = now();
+  await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
+  const pipelinesMs = now() - tPipelines;
+  const metadata = JSON.parse(vm.getFunction("_metadata")());
+  const tWeights = now();
+  await tvm.fetchTensorCache(opts.modelURL, dev, "webrt-bench-tvmjs", "cache");
+  const params = tvm.detachFromCurrentScope(tvm.getParamsFromCacheByName(metadata.params.map((p) => p.name)));
+  const weightsMs = now() - tWeights;
+  const fn = (name) => tvm.detachFromCurrentScope(vm.getFunction(name));
+  const embed = fn("embed"), prefill = fn("prefill"), decode = fn("decode"), argmax = fn("argmax_logits");
+  const begin = tvm.detachFromCurrentScope(tvm.getGlobalFunc("vm.builtin.kv_state_begin_forward"));
+  const end = tvm.detachFromCurrentScope(tvm.getGlobalFunc("vm.builtin.kv_state_end_forward"));
+  const addSequence = tvm.detachFromCurrentScope(tvm.getGlobalFunc("vm.builtin.kv_state_add_sequence"));
+  const shape = (v) => tvm.makeShapeTuple(v);
+  const kv = tvm.detachFromCurrentScope(fn("create_tir_paged_kv_cache")(
+    shape([1]), shape([opts.contextWindow]), shape([opts.prefillChunk]), shape([16]), shape([0])));
+  addSequence(kv, new tvmjs.Scalar(0, "int64"));
+  await dev.sync();
+  const readyMs = now() - t0;
+  const kernels = Object.keys(JSON.parse(vm.getInternalModule().getFunction("webgpu.get_fmap", true)())).length;
+  tvm.endScope();
+  if (!opts.steps) return { runtime: "tvmjs", readyMs, pipelinesMs, weightsMs, kernels };
+
+  const host = tvm.withNewScope(() => tvm.detachFromCurrentScope(tvm.empty([1], "int32", tvm.cpu())));
+  // one forward pass + argmax on the device; returns the token and where the time went
+  const step = async (tokens) => {
+    const s0 = now();
+    tvm.beginScope();
+    const ids = tvm.empty([tokens.length], "int32", dev).copyFrom(Int32Array.from(tokens));
+    const embedding = embed(ids, params);
+    const hidden = embedding.shape[embedding.shape.length - 1];
+    begin(kv, shape([0]), shape([tokens.length]));
+    const out = (tokens.length > 1 ? prefill : decode)(embedding.view([1, tokens.length, hidden]), kv, params);
+    end(kv);
+    host.copyFrom(argmax(out.get(0)));
+    const s1 = now();
+    await dev.sync();
+    const token = host.toArray()[0];
+    tvm.endScope();
+    return { token, totalMs: now() - s0, hostMs: s1 - s0 };
+  };
+
+  const prefillStep = await step(opts.prompt);
+  const tokens = [prefillStep.token];
+  const steps = [];
+  for (let i = 0; i < opts.warmup + opts.steps; i++) {
+    const s = await step([tokens[tokens.length - 1]]);
+    tokens.push(s.token);
+    if (i >= opts.warmup) steps.push(s);
+  }
+  return {
+    runtime: "tvmjs", readyMs, pipelinesMs, weightsMs, prefillMs: prefillStep.totalMs,
+    stepMs: steps.map((s) => s.totalMs), hostMs: steps.map((s) => s.hostMs), tokens, kernels,
+  };
+}
+globalThis.webrtBenchTvmjs = webrtBenchTvmjs;
