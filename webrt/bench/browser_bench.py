@@ -37,6 +37,11 @@ class BrowserModel:
     model_dir: Path
     wasm: Path
 
+    @property
+    def slug(self) -> str:
+        """The label made safe for URL paths."""
+        return "".join(c if c.isalnum() or c in "-_." else "-" for c in self.label)
+
 
 def _server(models: list[BrowserModel]) -> ArtifactServer:
     from webrt.wasm.bundle import build_bundle
@@ -50,7 +55,7 @@ def _server(models: list[BrowserModel]) -> ArtifactServer:
     routes: dict[str, Path] = {"/tvmjs/": tvmjs, "/pyodide/": pyodide, "/runtime/": root / "site" / "runtime",
                                "/bench/": BENCH_DIR}
     for m in models:
-        routes.update(ServedModel(m.model_dir, m.wasm, m.label).routes())
+        routes.update(ServedModel(m.model_dir, m.wasm, m.slug).routes())
     files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/webrt-bundle.zip": build_bundle(root)}
     return ArtifactServer(routes, files, isolation=False)
 
@@ -61,9 +66,10 @@ def _options(model: BrowserModel, server: ArtifactServer, steps: int, warmup: in
     chunk = int(config.get("prefill_chunk_size") or 128)
     context = int(config["context_window_size"])
     prompt = [(17 + 7919 * i) % vocab for i in range(min(prompt_len, chunk))]  # fixed, spread-out ids
-    return {"modelURL": server.url(f"/models/{model.label}/resolve/main/"), "model": f"/models/{model.label}/",
-            "wasmURL": server.url(f"/libs/{model.label}/{model.wasm.name}"),
-            "wasm": f"/libs/{model.label}/{model.wasm.name}", "contextWindow": context, "prefillChunk": chunk,
+    slug = model.slug
+    return {"modelURL": server.url(f"/models/{slug}/resolve/main/"), "model": f"/models/{slug}/",
+            "wasmURL": server.url(f"/libs/{slug}/{model.wasm.name}"),
+            "wasm": f"/libs/{slug}/{model.wasm.name}", "contextWindow": context, "prefillChunk": chunk,
             "prompt": prompt, "steps": steps, "warmup": warmup}
 
 
