@@ -27,6 +27,7 @@ the wasm call sit between Python and the suspension point.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any, Callable, Sequence
@@ -89,38 +90,48 @@ class Runtime:
         return json.loads(get_fmap())
 
     async def load_pipelines(self, names: Sequence[str] | None = None, progress: ProgressCallback | None = None,
-                             report_every_s: float = 1.0) -> float:
+                             report_every_s: float = 1.0, concurrency: int = 8) -> float:
         """Create the compute pipelines of `names` (default: every kernel) with
-        `createComputePipelineAsync`; the others are created on first launch. A kernel the
-        adapter rejects is recorded in `stats.kernels_failed` (its launch raises
-        ModelLibraryError) instead of failing the load. Returns seconds."""
+        `createComputePipelineAsync`, up to `concurrency` at a time (the browser compiles them in
+        parallel); the others are created on first launch. A kernel the adapter rejects is
+        recorded in `stats.kernels_failed` (its launch raises ModelLibraryError) instead of
+        failing the load. Returns seconds."""
         fmap = self.kernel_infos()
-        todo = [n for n in fmap if names is None or n in set(names)]
-        unknown = sorted(set(names or ()) - set(fmap))
+        wanted = None if names is None else set(names)
+        todo = [n for n in fmap if wanted is None or n in wanted]
+        unknown = sorted((wanted or set()) - set(fmap))
         if unknown:
             raise ModelLibraryError(f"the model library has no kernel(s) {', '.join(unknown[:3])}")
         get_shader = self.vm["webgpu.get_shader"]
         update = self.vm["webgpu.update_prebuild"]
         t0 = time.perf_counter()
         last = t0
-        for i, name in enumerate(todo):
-            try:
-                kernel = self.gpu_ctx.kernel(name) or await self.gpu_ctx.create_kernel_async(fmap[name],
-                                                                                             get_shader(name))
-            except Exception as exc:  # noqa: BLE001 - GPUPipelineError: the adapter rejects the WGSL
-                # the model may never launch it; if it does, the launch raises ModelLibraryError
-                self.gpu_ctx.stats.kernels_failed[name] = str(exc).splitlines()[0]
-                continue
-            fn = self.inst.raw_function(kernel.launch, name)
-            update(name, fn)
-            fn.dispose()
+        done = 0
+        slots = asyncio.Semaphore(max(1, concurrency))
+
+        async def create(name: str) -> None:
+            nonlocal done, last
+            async with slots:
+                try:
+                    kernel = self.gpu_ctx.kernel(name) or await self.gpu_ctx.create_kernel_async(fmap[name],
+                                                                                                 get_shader(name))
+                except Exception as exc:  # noqa: BLE001 - GPUPipelineError: the adapter rejects the WGSL
+                    # the model may never launch it; if it does, the launch raises ModelLibraryError
+                    self.gpu_ctx.stats.kernels_failed[name] = str(exc).splitlines()[0]
+                else:
+                    fn = self.inst.raw_function(kernel.launch, name)
+                    update(name, fn)
+                    fn.dispose()
+            done += 1
             now = time.perf_counter()
-            if progress is not None and (now - last >= report_every_s or i + 1 == len(todo)):
+            if progress is not None and (now - last >= report_every_s or done == len(todo)):
                 last = now
-                frac = (i + 1) / len(todo)
+                frac = done / len(todo)
                 progress({"progress": frac, "timeElapsed": now - t0,
-                          "text": f"Loading GPU shader modules [{i + 1}/{len(todo)}]: {int(frac * 100)}% completed, "
+                          "text": f"Loading GPU shader modules [{done}/{len(todo)}]: {int(frac * 100)}% completed, "
                                   f"{now - t0:.1f} secs elapsed."})
+
+        await asyncio.gather(*(create(name) for name in todo))
         self.timings["pipelines_s"] = time.perf_counter() - t0
         self.timings["pipelines_n"] = len(todo)
         return self.timings["pipelines_s"]
