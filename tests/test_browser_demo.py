@@ -8,6 +8,7 @@ screenshot goes to $WEBRT_SCREENSHOT_DIR (default: pytest's tmp dir) for a look.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,8 +18,6 @@ import pytest
 
 import browser_util
 import pyodide_util
-
-pytestmark = pytest.mark.browser
 
 QUESTION = "hello world"
 TIMEOUT_S = 180
@@ -37,6 +36,55 @@ def native_reply(art: Any, max_tokens: int) -> str:
     return asyncio.run(main())
 
 
+def test_serve_urls_headers_and_confinement() -> None:
+    """What `webrt serve` answers (no browser): the AppConfig, the bundle, MIME types, headers,
+    and nothing outside the served folders."""
+    import urllib.error
+    import urllib.request
+    import zipfile
+    from io import BytesIO
+
+    import model_factory
+    from webrt.errors import ModelConfigError
+    from webrt.wasm.serve import ServedModel, demo_server
+
+    if shutil.which("emcc") is None:
+        pytest.skip("emcc is not installed (needed to build the webgpu library)")
+    art = model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
+    with pytest.raises(ModelConfigError, match="--device webgpu"):
+        ServedModel(art.model_dir, art.libs["cpu"])
+    model = ServedModel(art.model_dir, art.libs["webgpu"], "tiny")
+    with pytest.raises(ModelConfigError, match="repeat"):
+        demo_server([model, model])
+    with demo_server([model]) as server:
+        def get(path: str) -> tuple[int, Any, bytes]:
+            """Status, headers (case-insensitive lookup), body."""
+            try:
+                with urllib.request.urlopen(server.url(path), timeout=30) as r:
+                    return r.status, r.headers, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.headers, b""
+
+        status, headers, body = get("/app-config.json")
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        assert json.loads(body) == {"model_list": [{"model": "/models/tiny/", "model_id": "tiny",
+                                                    "model_lib": f"/libs/tiny/{art.libs['webgpu'].name}",
+                                                    "required_features": []}], "cache_backend": "cache"}
+        assert headers["Cross-Origin-Opener-Policy"] == "same-origin" and headers["Cache-Control"] == "no-cache"
+        status, headers, body = get(f"/libs/tiny/{art.libs['webgpu'].name}")
+        assert status == 200 and headers["Content-Type"] == "application/wasm" and body[:4] == b"\0asm"
+        status, _, body = get("/models/tiny/resolve/main/tensor-cache.json")
+        assert status == 200 and json.loads(body)["records"]
+        names = zipfile.ZipFile(BytesIO(get("/webrt-bundle.zip")[2])).namelist()
+        assert "webrt/wasm/loader.py" in names and "webrt/wasm/serve.py" not in names
+        assert get("/runtime/boot.js")[1]["Content-Type"] == "text/javascript"
+        assert get("/")[0] == 200 and get("/chat.js")[0] == 200 and get("/app.py")[0] == 200
+        assert get("/models/tiny/resolve/main/../../../../etc/passwd")[0] == 404
+        assert get("/models/tiny/resolve/main/%2e%2e/%2e%2e/lib-cpu.so")[0] == 404
+        assert get("/nothing-here")[0] == 404
+
+
+@pytest.mark.browser
 def test_demo_loads_the_tiny_model_and_streams_a_reply(tmp_path: Path) -> None:
     if not pyodide_util.pyodide_available() or shutil.which("emcc") is None:
         pytest.skip("chromium, playwright, npm pyodide or emcc is missing")

@@ -22,6 +22,7 @@ import functools
 import http.server
 import json
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().__init__(*args, **kwargs)
 
     def translate_path(self, path: str) -> str:
-        url_path = path.split("?", 1)[0].split("#", 1)[0]
+        url_path = urllib.parse.unquote(path.split("?", 1)[0].split("#", 1)[0])
         for prefix in sorted(self.state.routes, key=len, reverse=True):
             if url_path.startswith(prefix):
                 root = self.state.routes[prefix]
