@@ -33,7 +33,7 @@ from webrt.wasm.backend import WasmBackend
 from webrt.wasm.objects import Array
 from webrt.wasm.runtime import Runtime
 from webrt.wasm.webgpu import GPUInfo, request_device
-from webrt.wasm.weights import check_params, upload_record
+from webrt.wasm.weights import check_params, shards_needed, upload_params
 
 #: Share of the progress bar for each phase (weights and pipelines run concurrently).
 _WEIGHTS_SHARE = 0.5
@@ -193,18 +193,10 @@ class WebGPUModelLoader:
         index = await self.cache.fetch_index(base_url)
         names = runtime.param_names
         check_params(index, names, runtime.metadata.get("params", []), base_url)
-        wanted = set(names)
-        inst = runtime.inst
-        update = inst.global_function("vm.builtin.tensor_cache.update")
-        clear = inst.global_function("vm.builtin.tensor_cache.clear")
-        clear()
-        shards = [s for s in index.shards if any(t.name in wanted for t in s.records)]
-        async for shard, data in self.cache.iter_shards(base_url, shards, progress):
-            for record in shard.records:
-                if record.name in wanted:
-                    update(record.name, upload_record(runtime, record, data), True)
-        params = inst.global_function("vm.builtin.param_array_from_cache_by_name")(list(names))
-        clear()
-        runtime.gpu_ctx.flush()
+        shards = self.cache.iter_shards(base_url, shards_needed(index, names), progress)
+        try:
+            params = await upload_params(runtime, names, shards)
+        finally:
+            await shards.aclose()  # stops the downloads still running if an upload failed
         runtime.timings["weights_s"] = time.perf_counter() - t0
         return params

@@ -11,7 +11,7 @@ both for the names a library asks for and returns the packed parameter array
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Sequence
 
 from webrt.errors import FetchError, WeightFileError
 from webrt.ndarray_cache.format import (
@@ -132,6 +132,30 @@ def check_params(index: TensorCacheIndex, names: Sequence[str], expected: Sequen
                                   "quantization.")
 
 
+def shards_needed(index: TensorCacheIndex, names: Sequence[str]) -> list[ShardRecord]:
+    """The shards of `index` that hold at least one of the tensors `names`, in index order."""
+    wanted = set(names)
+    return [s for s in index.shards if any(t.name in wanted for t in s.records)]
+
+
+async def upload_params(runtime: Any, names: Sequence[str], shards: AsyncIterable[tuple[ShardRecord, Any]]) -> Array:
+    """Upload the tensors `names` from each `(shard, JS ArrayBuffer)` to the GPU; return the packed
+    parameter array (`vm.builtin.param_array_from_cache_by_name`)."""
+    wanted = set(names)
+    inst = runtime.inst
+    update = inst.global_function("vm.builtin.tensor_cache.update")
+    clear = inst.global_function("vm.builtin.tensor_cache.clear")
+    clear()
+    async for shard, data in shards:
+        for record in shard.records:
+            if record.name in wanted:
+                update(record.name, upload_record(runtime, record, data), True)
+    params = inst.global_function("vm.builtin.param_array_from_cache_by_name")(list(names))
+    clear()
+    runtime.gpu_ctx.flush()
+    return params
+
+
 async def load_params(runtime: Any, base_url: str, names: Sequence[str], expected: Sequence[dict[str, Any]] = (),
                       progress: ProgressCallback | None = None) -> Array:
     """Fetch the tensor cache under `base_url`, upload the tensors `names`, return the param array.
@@ -141,25 +165,17 @@ async def load_params(runtime: Any, base_url: str, names: Sequence[str], expecte
     t0 = time.perf_counter()
     index = await fetch_index(base_url)
     check_params(index, names, expected, base_url)
-    wanted = set(names)
-    inst = runtime.inst
-    update = inst.global_function("vm.builtin.tensor_cache.update")
-    clear = inst.global_function("vm.builtin.tensor_cache.clear")
-    clear()
-    shards = [s for s in index.shards if any(t.name in wanted for t in s.records)]
+    shards = shards_needed(index, names)
     total = sum(s.nbytes for s in shards) or 1
-    done = 0
-    for i, shard in enumerate(shards):
-        data = await fetch_shard(base_url, shard)
-        for record in shard.records:
-            if record.name in wanted:
-                update(record.name, upload_record(runtime, record, data), True)
-        done += shard.nbytes
-        if progress is not None:
-            elapsed = time.perf_counter() - t0
-            progress({"progress": done / total, "timeElapsed": elapsed,
-                      "text": f"Loading weights [{i + 1}/{len(shards)}]: {done >> 20} MB, {elapsed:.1f} s elapsed."})
-    params = inst.global_function("vm.builtin.param_array_from_cache_by_name")(list(names))
-    clear()
-    runtime.gpu_ctx.flush()
-    return params
+
+    async def fetched() -> AsyncIterator[tuple[ShardRecord, Any]]:
+        done = 0
+        for i, shard in enumerate(shards):
+            yield shard, await fetch_shard(base_url, shard)
+            done += shard.nbytes
+            if progress is not None:
+                elapsed = time.perf_counter() - t0
+                progress({"progress": done / total, "timeElapsed": elapsed,
+                          "text": f"Loading weights [{i + 1}/{len(shards)}]: {done >> 20} MB, {elapsed:.1f} s elapsed."})
+
+    return await upload_params(runtime, names, fetched())
