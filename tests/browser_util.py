@@ -17,26 +17,18 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import webrt.bench.browser as bench_browser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 #: TVM's JS runtime ("tvmjs"): UMD bundle that defines `globalThis.tvmjs`.
 TVMJS_DIR = REPO_ROOT / "node_modules" / "@mlc-ai" / "web-runtime" / "lib"
-CHROMIUM_FLAGS: tuple[str, ...] = (
-    "--headless=new",
-    "--enable-unsafe-webgpu",  # without it requestAdapter() returns null (CPU adapter blocklisted)
-    "--no-sandbox",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-)
+#: The flags that give WebGPU on SwiftShader here (shared with `webrt bench`).
+CHROMIUM_FLAGS: tuple[str, ...] = bench_browser.CHROMIUM_FLAGS
 _MIME = {
     ".wasm": "application/wasm",
     ".js": "text/javascript",
@@ -242,17 +234,7 @@ class BrowserSession:
 
 
 def _wait_for_devtools_port(profile: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> int:
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chromium exited early with code {proc.returncode}")
-        if port_file.is_file():
-            lines = port_file.read_text().splitlines()
-            if lines and lines[0].strip().isdigit():
-                return int(lines[0])
-        time.sleep(0.05)
-    raise TimeoutError(f"chromium did not open its DevTools port within {timeout_s} s")
+    return bench_browser.devtools_port(profile, proc, timeout_s)
 
 
 @contextlib.contextmanager

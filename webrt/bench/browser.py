@@ -71,7 +71,7 @@ def chromium_page(startup_timeout_s: float = 60) -> Iterator[Page]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     pw = None
     try:
-        port = _devtools_port(profile, proc, startup_timeout_s)
+        port = devtools_port(profile, proc, startup_timeout_s)
         pw = sync_playwright().start()
         browser = pw.chromium.connect_over_cdp(f"http://127.0.0.1:{port}", timeout=startup_timeout_s * 1000)
         context = browser.contexts[0] if browser.contexts else browser.new_context()
@@ -93,7 +93,8 @@ def chromium_page(startup_timeout_s: float = 60) -> Iterator[Page]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _devtools_port(profile: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+def devtools_port(profile: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """The DevTools port Chromium started with ``--remote-debugging-port=0`` writes into its profile."""
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
