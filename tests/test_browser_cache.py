@@ -8,7 +8,8 @@ works (they are created on first launch and the list grows back); the WebLLM-nam
 A second page (the tiny model's weights re-packed into 6 shards): a corrupted shard is rejected
 with CacheIntegrityError and not stored; a download cut mid-shard stores the shards that
 completed and nothing partial, and the next load fetches only what is missing; the IndexedDB
-backend; a record that requires shader-f16 fails at reload with the typed error naming q4f32_1.
+backend; f32-to-bf16 records against TVM's native loader; a record that requires shader-f16 fails
+at reload with the typed error naming q4f32_1.
 """
 
 from __future__ import annotations
@@ -69,7 +70,13 @@ async def load_and_chat(model_id, backend="cache", chat=True, gpu=None):
         out["lazily"] = list(backend_.stats.kernels_created_lazily)
         out["gpu_errors"] = list(backend_.runtime.gpu.errors)
     globals()["last_loader"] = loader
+    globals()["last_engine"] = engine
     return out
+
+async def prefill_logits(tokens):
+    runner = last_engine.get_model().runner
+    runner.reset()
+    return runner.logits_to_list(runner.prefill(tokens))
 
 async def stored(model_id, backend="cache"):
     record = app_config(backend).find(model_id)
@@ -112,12 +119,13 @@ def _network(page: pyodide_util.PyodidePage, start: int, prefixes: tuple[str, ..
     return [p for p in page.server.requests[start:] if p.startswith(prefixes)]
 
 
-def native_text(art: Any) -> str:
+def native_text(art: Any, model_dir: Path | None = None) -> str:
     """The same greedy chat through the Engine natively (NativeModelLoader, CPU library)."""
     from webrt.engine import AppConfig, Engine
 
     async def main() -> str:
-        cfg = AppConfig([{"model": str(art.model_dir), "model_id": "tiny", "model_lib": str(art.libs["cpu"])}])
+        folder = model_dir or art.model_dir
+        cfg = AppConfig([{"model": str(folder), "model_id": "tiny", "model_lib": str(art.libs["cpu"])}])
         engine = Engine(cfg)
         await engine.reload("tiny")
         reply = await engine.chat.completions.create(messages=MESSAGES, temperature=0, max_tokens=MAX_TOKENS)
@@ -261,6 +269,54 @@ def _reshard(model_dir: Path, out: Path) -> list[str]:
     return [s.data_path for s in new.shards]
 
 
+BF16_PROMPT = [5, 17, 42, 100, 7, 250, 3]
+LOGIT_ATOL = 2e-3  # as in test_browser_runtime: SwiftShader's sin/cos, far below a wrong weight
+
+
+def native_prefill_logits(art: Any, model_dir: Path) -> list[float]:
+    from webrt.engine.model_runner import ModelRunner, WindowConfig
+    from webrt.native.backend import NativeBackend
+
+    cfg = art.chat_config
+    runner = ModelRunner(NativeBackend(model_dir, art.libs["cpu"]),
+                         WindowConfig(cfg["context_window_size"], -1, -1, cfg["prefill_chunk_size"]))
+    return runner.logits_to_list(runner.prefill(BF16_PROMPT))
+
+
+def _bf16_copy(model_dir: Path, out: Path) -> None:
+    """The tiny model with every float32 tensor stored as ``f32-to-bf16`` (upper 16 bits, rounded to
+    nearest even): MLC's packed format, widened back to float32 on load."""
+    import hashlib
+    import struct
+
+    from webrt.ndarray_cache.format import TensorCacheIndex
+
+    out.mkdir(parents=True, exist_ok=True)
+    index = TensorCacheIndex.loads((model_dir / "tensor-cache.json").read_text())
+    blob, records = bytearray(), []
+    for shard in index.shards:
+        data = (model_dir / shard.data_path).read_bytes()
+        for r in shard.records:
+            raw = data[r.byte_offset:r.byte_offset + r.nbytes]
+            rec = {"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "byteOffset": len(blob)}
+            if r.dtype == "float32":
+                words = struct.unpack(f"<{len(raw) // 4}I", raw)
+                halves = [((w + 0x7FFF + ((w >> 16) & 1)) >> 16) & 0xFFFF for w in words]
+                raw = struct.pack(f"<{len(halves)}H", *halves)
+                rec["format"] = "f32-to-bf16"
+            else:
+                rec["format"] = "raw"
+            rec["nbytes"] = len(raw)
+            blob += raw
+            records.append(rec)
+    (out / "params_shard_0.bin").write_bytes(blob)
+    shard = {"dataPath": "params_shard_0.bin", "format": "raw-shard", "nbytes": len(blob),
+             "md5sum": hashlib.md5(blob).hexdigest(), "records": records}
+    (out / "tensor-cache.json").write_text(json.dumps({"metadata": index.metadata, "records": [shard]}))
+    for name in ("mlc-chat-config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, out / name)
+
+
 @pytest.fixture(scope="module")
 def fault_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     art = _artifacts()
@@ -270,15 +326,21 @@ def fault_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     lib = art.libs["webgpu"]
     sharded = tmp_path_factory.mktemp("sharded")
     shards = _reshard(art.model_dir, sharded)
-    routes = {"/models/sharded/resolve/main/": sharded, "/libs/": lib.parent,
+    bf16 = tmp_path_factory.mktemp("bf16")
+    _bf16_copy(art.model_dir, bf16)
+    routes = {"/models/sharded/resolve/main/": sharded, "/libs/": lib.parent, "/models/bf16/resolve/main/": bf16,
               "/models/f16/resolve/main/": f16.model_dir, "/libs-f16/": f16.libs["webgpu"].parent}
     model_list = [
         {"model": "/models/sharded", "model_id": "sharded", "model_lib": f"/libs/{lib.name}"},
+        {"model": "/models/bf16", "model_id": "bf16", "model_lib": f"/libs/{lib.name}"},
         {"model": "/models/f16", "model_id": "tiny-q4f16_1", "model_lib": f"/libs-f16/{f16.libs['webgpu'].name}",
          "required_features": ["shader-f16"]},
     ]
     base = "/models/sharded/resolve/main/"
-    out: dict[str, Any] = {"shards": shards, "native_text": native_text(art)}
+    out: dict[str, Any] = {"shards": shards, "native_text": native_text(art),
+                           "native_bf16_text": native_text(art, bf16),
+                           "native_bf16_logits": native_prefill_logits(art, bf16),
+                           "native_f32_logits": native_prefill_logits(art, art.model_dir)}
     with pyodide_util.PyodidePage(routes, worker=True) as page:
         server = page.server
         assert server is not None
@@ -314,6 +376,9 @@ def fault_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         out["idb_second"] = _call(page, "load_and_chat('sharded', 'indexeddb', gpu=last_loader.gpu)")
         out["idb_second"]["network"] = _network(page, n0)
         out["idb_stored"] = _call(page, "stored('sharded', 'indexeddb')")
+
+        out["bf16"] = _call(page, "load_and_chat('bf16', gpu=last_loader.gpu)")
+        out["bf16"]["logits"] = _call(page, f"prefill_logits({BF16_PROMPT!r})")
 
         n0 = len(server.requests)
         out["f16"] = _call(page, "load_and_chat('tiny-q4f16_1', chat=False)")
@@ -376,3 +441,15 @@ def test_shader_f16_record_fails_at_reload_naming_q4f32_1(fault_session: dict[st
     # refused before the library or any weights were downloaded
     assert not [p for p in run["network"] if p.endswith(".wasm") or "params_shard" in p]
     assert fault_session["console"] == []
+
+
+def test_f32_to_bf16_records_are_widened_like_tvms_native_loader(fault_session: dict[str, Any]) -> None:
+    """Weights stored as f32-to-bf16 load through the cache (widened in wasm, not in Python) and give
+    the same greedy reply as TVM's native tensor-cache loader on the same files."""
+    assert fault_session["bf16"]["text"] == fault_session["native_bf16_text"]
+    got, want, f32 = (fault_session["bf16"]["logits"], fault_session["native_bf16_logits"],
+                      fault_session["native_f32_logits"])
+    err = max(abs(a - b) for a, b in zip(got, want, strict=True))
+    rounding = max(abs(a - b) for a, b in zip(want, f32, strict=True))
+    print(f"\nbf16 weights: browser vs TVM native loader {err:.2g}; bf16 vs f32 weights {rounding:.2g}")
+    assert err <= LOGIT_ATOL < rounding  # widened exactly as TVM does, and the rounding is visible
