@@ -200,6 +200,10 @@ def test_first_load_fetches_everything_into_the_cache(cache_session: dict[str, A
 def test_greedy_chat_matches_native(cache_session: dict[str, Any]) -> None:
     assert cache_session["first"]["text"] == cache_session["native_text"]
     assert cache_session["second"]["text"] == cache_session["native_text"]
+
+
+def test_no_webgpu_errors(cache_session: dict[str, Any]) -> None:
+    """Every kernel of the library compiles on this adapter; nothing reported an error."""
     assert cache_session["first"]["gpu_errors"] == [] and cache_session["console"] == []
 
 
