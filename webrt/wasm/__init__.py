@@ -11,7 +11,10 @@ Modules (all importable on CPython too; only calls into the browser need `js` / 
 - `runtime`: the relax VM on WebGPU, pipeline creation with progress.
 - `weights`: tensor-cache fetch and upload to the GPU (separate steps).
 - `backend`: `WasmBackend`, the engine's `Backend` for the browser.
+- `loader`: `WebGPUModelLoader`, the engine's `ModelLoader` for the browser (files through the
+  cache in `webrt.ndarray_cache`, device with the record's features, saved kernel list).
 - `bundle`: (CPython side) the zip of webrt's pure-Python packages that the page unpacks.
+- `serve`: (CPython side) the HTTP server of ``webrt serve`` (demo page, runtime, models).
 
 Boot sequence in a page (site/runtime/boot.js, main thread or module worker)::
 
