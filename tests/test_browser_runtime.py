@@ -114,6 +114,33 @@ async def generate(backend, timed_steps=0):
     return out
 
 result = await asyncio.create_task(generate(backend, timed_steps=12))
+
+# on-device sampling on given probabilities: sort-free inverse CDF, and argsort + top-p
+def pack(fmt, values):
+    return struct.pack("<%%d%%s" %% (len(values), fmt), *values)
+
+def sample_cases():
+    out = []
+    probs = backend.upload(pack("f", SAMPLE_PROBS), (1, len(SAMPLE_PROBS)), "float32")
+    for u, top_p in SAMPLE_DRAWS:
+        uniform = backend.upload(pack("f", [u]), (1,), "float32")
+        if top_p >= 1.0:
+            token = backend.function("sample_from_probs")(probs, uniform)
+        else:
+            sorted_probs, sorted_ids = backend.function("argsort_probs")(probs)
+            token = backend.function("sample_with_top_p")(
+                sorted_probs, sorted_ids, uniform, backend.upload(pack("i", [0]), (1,), "int32"),
+                backend.upload(pack("f", [top_p]), (1,), "float32"))
+        out.append(struct.unpack("<i", backend.download(token, 4))[0])
+    return out
+
+SAMPLE_PROBS = %(sample_probs)s
+SAMPLE_DRAWS = %(sample_draws)s
+
+async def sample_task():
+    return sample_cases()
+
+result["sampled"] = await asyncio.create_task(sample_task())
 rt = backend.runtime
 result["timings"] = rt.timings
 result["progress"] = progress
@@ -136,12 +163,38 @@ result
 """
 
 
+def sampling_cases(vocab: int) -> tuple[list[float], list[tuple[float, float]], list[int]]:
+    """Probabilities, (uniform, top_p) draws kept away from decision boundaries, and the numpy answers."""
+    import numpy as np
+
+    rng = np.random.RandomState(2)
+    logits = rng.randn(vocab) * 2
+    probs = (np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()).astype("float32")
+    draws, expected = [], []
+    for u in rng.rand(40).astype("float32"):
+        for top_p in (1.0, 0.8, 0.97):
+            order = np.arange(vocab) if top_p >= 1.0 else np.array(sorted(range(vocab), key=lambda i: (-probs[i], i)))
+            cumulative = np.cumsum(probs[order].astype("float64"))
+            cut = len(order) - 1 if top_p >= 1.0 else int(np.argmax(cumulative >= top_p))
+            kept = cumulative[: cut + 1] / cumulative[cut]
+            if np.min(np.abs(kept - u)) < 1e-4:
+                continue  # a boundary draw: float rounding decides
+            draws.append((float(u), top_p))
+            expected.append(int(order[int(np.argmax(u < kept))]))
+    return [float(x) for x in probs], draws, expected
+
+
 @pytest.fixture(scope="module")
 def browser_run(artifacts: Any) -> dict[str, Any]:
-    code = BROWSER_RUN % {"prompt": json.dumps(PROMPT), "steps": DECODE_STEPS, "lib": artifacts.libs["webgpu"].name}
+    probs, draws, expected = sampling_cases(artifacts.chat_config["vocab_size"])
+    code = BROWSER_RUN % {
+        "prompt": json.dumps(PROMPT), "steps": DECODE_STEPS, "lib": artifacts.libs["webgpu"].name,
+        "sample_probs": json.dumps(probs), "sample_draws": json.dumps(draws),
+    }
     with pyodide_util.PyodidePage(_routes(artifacts), worker=True) as page:
         result = page.run(code, timeout_s=240)
         result["console"] = [m for m in page.console if m.startswith(("error", "pageerror", "warning"))]
+    result["sampled_expected"] = expected
     return result
 
 
@@ -163,6 +216,13 @@ def test_tiny_model_matches_native_cpu(artifacts: Any, browser_run: dict[str, An
     # the same tokens from a second instance that created only the launched kernels
     assert got["used_only"]["tokens"] == got["tokens"]
     assert got["used_only"]["lazily"] == []
+
+
+def test_sampling_kernels_on_webgpu_match_numpy(browser_run: dict[str, Any]) -> None:
+    """sample_from_probs (GPU scan + interval search) and argsort_probs + sample_with_top_p
+    (bitonic network) pick what numpy's inverse CDF picks for the same uniform draws."""
+    assert len(browser_run["sampled_expected"]) > 100
+    assert browser_run["sampled"] == browser_run["sampled_expected"]
 
 
 def test_no_blocking_inside_the_vm_and_no_gpu_errors(browser_run: dict[str, Any]) -> None:

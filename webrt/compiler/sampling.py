@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import tvm
 from tvm import relax, te, tirx
-from tvm.relax.frontend import nn
 from tvm.script import tirx as T
 from tvm.target import Target
 
@@ -64,16 +64,131 @@ def _argmax(logits: te.Tensor) -> te.Tensor:
     return first
 
 
-def _in_place_kernels(target: Target) -> dict[str, tirx.PrimFunc]:
-    """The three logit-processing kernels, one thread per updated element on GPUs.
+def _thread_loops(target: Target, *axes: str):
+    """Loop constructors bound to GPU thread axes, or plain serial loops on the CPU.
 
-    They read and write the logits in place, which schedule primitives refuse to bind, so the
-    loops are written bound: ``blocks x threads`` on a GPU, the same two loops serial on CPU.
+    The kernels below are written with their loops already bound (schedule primitives refuse
+    kernels that read and write one buffer, and these are small); the same text compiles for
+    both kinds of target.
     """
-    gpu = target.kind.name != "llvm"
+    if target.kind.name == "llvm":
+        return tuple(T.serial for _ in axes)
+    return tuple(functools.partial(T.thread_binding, thread=axis) for axis in axes)
+
+
+SAMPLE_CHUNKS = 256
+
+
+def _inverse_cdf_sample(vocab_size: int, target: Target, through_indices: bool) -> tirx.PrimFunc:
+    """Inverse-CDF sampling with an optional top-p cut, over probabilities in the given order.
+
+    For each sample ``j`` (row ``rows[j]``): ``cut`` is the first position whose cumulative
+    probability reaches ``top_p * total`` (the last position when ``top_p >= 1``); the answer is
+    the first position whose cumulative probability exceeds ``u * cdf[cut]``, at most ``cut``,
+    mapped through ``indices`` when ``through_indices`` (the probabilities were sorted; otherwise
+    ``indices`` is a [1, 1] placeholder). That is the rule of WebLLM's ``sample_with_top_p``.
+
+    Two launches, neither with a barrier: ``SAMPLE_CHUNKS`` threads per row each sum one
+    contiguous chunk; then one thread per sample walks the chunk sums and, inside the chunk
+    found, the probabilities (at most ``SAMPLE_CHUNKS + V / SAMPLE_CHUNKS`` additions per walk).
+    The summation order is fixed, so results are deterministic. (TVM's GPU multinomial kernel
+    uses int8, which WGSL lacks, and its GPU scan returns wrong sums on SwiftShader.)
+    """
+    V = vocab_size
+    chunks = SAMPLE_CHUNKS
+    size = (V + chunks - 1) // chunks
+    row_loop, chunk_loop = _thread_loops(target, "blockIdx.x", "threadIdx.x")
+    (sample_loop,) = _thread_loops(target, "blockIdx.x")  # one single-thread group per sample
+
+    @T.macro
+    def walk(probs, sums, row, goal, strict, running, chunk, result):
+        """result[0] = first position whose cumulative sum passes goal (> if strict, else >=)."""
+        running[0] = T.float32(0)
+        chunk[0] = -1
+        for c in range(chunks):
+            if chunk[0] < 0:
+                if strict:
+                    if T.Or(goal < running[0] + sums[row, c], c == chunks - 1):
+                        chunk[0] = c
+                    else:
+                        running[0] = running[0] + sums[row, c]
+                else:
+                    if T.Or(goal <= running[0] + sums[row, c], c == chunks - 1):
+                        chunk[0] = c
+                    else:
+                        running[0] = running[0] + sums[row, c]
+        result[0] = V - 1
+        for i in range(size):
+            if T.And(result[0] == V - 1, chunk[0] * size + i < V - 1):
+                running[0] = running[0] + probs[row, chunk[0] * size + i]
+                if strict:
+                    if goal < running[0]:
+                        result[0] = chunk[0] * size + i
+                else:
+                    if goal <= running[0]:
+                        result[0] = chunk[0] * size + i
+
+    @T.prim_func(private=True, s_tir=True)
+    def inverse_cdf_sample(
+        var_probs: T.handle,
+        var_indices: T.handle,
+        var_uniform: T.handle,
+        var_rows: T.handle,
+        var_top_p: T.handle,
+        var_sums: T.handle,
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        b, n = T.int64(), T.int64()
+        probs = T.match_buffer(var_probs, (b, V), "float32")
+        indices = T.match_buffer(var_indices, (b, V) if through_indices else (1, 1), "int32")
+        uniform = T.match_buffer(var_uniform, (n,), "float32")
+        rows = T.match_buffer(var_rows, (n,), "int32")
+        top_p = T.match_buffer(var_top_p, (b,), "float32")
+        sums = T.match_buffer(var_sums, (b, chunks), "float32")
+        out = T.match_buffer(var_out, (n,), "int32")
+        for r in row_loop(0, b):
+            for c in chunk_loop(0, chunks):
+                with T.sblock("chunk_sums"):
+                    T.reads(probs[r, 0:V])
+                    T.writes(sums[r, c])
+                    acc = T.alloc_buffer((1,), "float32", scope="local")
+                    acc[0] = T.float32(0)
+                    for i in range(size):
+                        if c * size + i < V:
+                            acc[0] = acc[0] + probs[r, c * size + i]
+                    sums[r, c] = acc[0]
+        for j in sample_loop(0, n):
+            with T.sblock("walk"):
+                T.reads(probs[0:b, 0:V], sums[0:b, 0:chunks], uniform[j], rows[j], top_p[0:b])
+                T.writes(out[j])
+                total = T.alloc_buffer((1,), "float32", scope="local")
+                running = T.alloc_buffer((1,), "float32", scope="local")
+                chunk = T.alloc_buffer((1,), "int32", scope="local")
+                cut = T.alloc_buffer((1,), "int32", scope="local")
+                pick = T.alloc_buffer((1,), "int32", scope="local")
+                kept = T.alloc_buffer((1,), "float32", scope="local")
+                total[0] = T.float32(0)
+                for c in range(chunks):
+                    total[0] = total[0] + sums[rows[j], c]
+                kept[0] = total[0]
+                cut[0] = V - 1
+                if top_p[rows[j]] < T.float32(1):
+                    walk(probs, sums, rows[j], top_p[rows[j]] * total[0], False, running, chunk, cut)
+                    kept[0] = T.if_then_else(cut[0] == V - 1, total[0], running[0])
+                walk(probs, sums, rows[j], uniform[j] * kept[0], True, running, chunk, pick)
+                if through_indices:
+                    out[j] = indices[rows[j], T.min(pick[0], cut[0])]
+                else:
+                    out[j] = T.min(pick[0], cut[0])
+
+    return inverse_cdf_sample
+
+
+def _in_place_kernels(target: Target) -> dict[str, tirx.PrimFunc]:
+    """The three logit-processing kernels, one thread per updated element on GPUs."""
     tx = THREADS_PER_GROUP
-    outer = functools.partial(T.thread_binding, thread="blockIdx.x") if gpu else T.serial
-    inner = functools.partial(T.thread_binding, thread="threadIdx.x") if gpu else T.serial
+    outer, inner = _thread_loops(target, "blockIdx.x", "threadIdx.x")
 
     @T.prim_func(private=True, s_tir=True)
     def apply_logit_bias(var_logits: T.handle, var_pos2seq: T.handle, var_tokens: T.handle, var_bias: T.handle):
@@ -157,13 +272,10 @@ def _bitonic_argsort(vocab_size: int, target: Target) -> tirx.PrimFunc:
     Ties break towards the lower token id, so the order is total and deterministic. The two
     ``[b, P]`` scratch rows come in as arguments so the function allocates nothing itself.
     """
-    gpu = target.kind.name != "llvm"
     tx = THREADS_PER_GROUP
     padded = max(2 * tx, 1 << (vocab_size - 1).bit_length())
     log_p = padded.bit_length() - 1
-    by_loop = functools.partial(T.thread_binding, thread="blockIdx.y") if gpu else T.serial
-    bx_loop = functools.partial(T.thread_binding, thread="blockIdx.x") if gpu else T.serial
-    tx_loop = functools.partial(T.thread_binding, thread="threadIdx.x") if gpu else T.serial
+    by_loop, bx_loop, tx_loop = _thread_loops(target, "blockIdx.y", "blockIdx.x", "threadIdx.x")
     V, P = vocab_size, padded
 
     @T.prim_func(private=True, s_tir=True)
@@ -245,18 +357,23 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target, vocab_size: int
 
     probs_row = relax.Var("probs", relax.TensorType((1, vocab_size), "float32"))
     uniform_one = relax.Var("uniform", relax.TensorType((1,), "float32"))
+    in_order = bb.add_func(_inverse_cdf_sample(vocab_size, target, through_indices=False), "inverse_cdf_sample")
     with bb.function("sample_from_probs", [probs_row, uniform_one]):
         with bb.dataflow():
-            column = relax.ShapeExpr([1, 1])
-            chosen = bb.emit(
-                relax.op.multinomial_from_uniform(
-                    probs_row,
-                    bb.emit(relax.op.reshape(uniform_one, column)),
-                    bb.emit(relax.op.zeros(column, "int32")),
-                    dtype="int32",
+            outs = bb.emit(
+                relax.call_tir(
+                    in_order,
+                    [
+                        probs_row,
+                        relax.const(np.zeros((1, 1), "int32")),
+                        uniform_one,
+                        relax.const(np.zeros((1,), "int32")),
+                        relax.const(np.ones((1,), "float32")),
+                    ],
+                    out_ty=[relax.TensorType((1, SAMPLE_CHUNKS), "float32"), relax.TensorType((1,), "int32")],
                 )
             )
-            out = bb.emit_output(relax.op.reshape(chosen, relax.ShapeExpr([1])))
+            out = bb.emit_output(relax.TupleGetItem(outs, 1))
         bb.emit_func_output(out)
 
     probs2 = relax.Var("probs", relax.TensorType((b, vocab_size), "float32"))
@@ -279,33 +396,22 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target, vocab_size: int
             out = bb.emit_output(relax.Tuple([relax.TupleGetItem(outs, 2), relax.TupleGetItem(outs, 3)]))
         bb.emit_func_output(out)
 
-    sorted_probs = relax.Var("sorted_probs", relax.TensorType((b, v), "float32"))
-    sorted_indices = relax.Var("sorted_indices", relax.TensorType((b, v), "int32"))
+    sorted_probs = relax.Var("sorted_probs", relax.TensorType((b, vocab_size), "float32"))
+    sorted_indices = relax.Var("sorted_indices", relax.TensorType((b, vocab_size), "int32"))
     uniform = relax.Var("uniform_samples", relax.TensorType((n,), "float32"))
     sample_indices = relax.Var("sample_indices", relax.TensorType((n,), "int32"))
     top_p = relax.Var("top_p", relax.TensorType((b,), "float32"))
+    through_order = bb.add_func(_inverse_cdf_sample(vocab_size, target, through_indices=True), "inverse_cdf_sample_sorted")
     with bb.function("sample_with_top_p", [sorted_probs, sorted_indices, uniform, sample_indices, top_p]):
         with bb.dataflow():
-            as_column = lambda x, rows, dtype: nn.wrap_nested(  # noqa: E731
-                bb.emit(relax.op.reshape(x, relax.ShapeExpr([rows, 1]))), name="column"
+            outs = bb.emit(
+                relax.call_tir(
+                    through_order,
+                    [sorted_probs, sorted_indices, uniform, sample_indices, top_p],
+                    out_ty=[relax.TensorType((b, SAMPLE_CHUNKS), "float32"), relax.TensorType((n,), "int32")],
+                )
             )
-            top_k = nn.wrap_nested(
-                bb.emit_te(
-                    lambda p: te.compute((p.shape[0], 1), lambda i, j: p.shape[1].astype("int32"), name="full_vocab"),
-                    sorted_probs,
-                    primfunc_name_hint="full_vocab",
-                ),
-                name="top_k",
-            )
-            chosen = nn.sample_top_p_top_k_from_sorted_prob(
-                nn.wrap_nested(sorted_probs, name="sorted_probs"),
-                nn.wrap_nested(sorted_indices, name="sorted_indices"),
-                as_column(top_p, b, "float32"),
-                top_k,
-                as_column(uniform, n, "float32"),
-                as_column(sample_indices, n, "int32"),
-            )
-            out = bb.emit_output(relax.op.reshape(chosen._expr, relax.ShapeExpr([n])))  # noqa: SLF001
+            out = bb.emit_output(relax.TupleGetItem(outs, 1))
         bb.emit_func_output(out)
 
     mod = bb.finalize()
