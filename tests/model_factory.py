@@ -71,10 +71,16 @@ def cache_root() -> Path:
 
 def _compiler_fingerprint() -> str:
     h = hashlib.sha256()
-    for sub in ("webrt/compiler", "webrt/models", "webrt/ndarray_cache", "webrt/conversation"):
-        for f in sorted((REPO / sub).rglob("*.py")):
-            h.update(f.relative_to(REPO).as_posix().encode())
-            h.update(f.read_bytes())
+    sources = [
+        *(REPO / "webrt/compiler").rglob("*.py"),
+        *(REPO / "webrt/models").rglob("*.py"),
+        *(REPO / "webrt/conversation").rglob("*.py"),
+        REPO / "webrt/ndarray_cache/format.py",
+        REPO / "webrt/ndarray_cache/writer.py",
+    ]
+    for f in sorted(sources):
+        h.update(f.relative_to(REPO).as_posix().encode())
+        h.update(f.read_bytes())
     import tvm
 
     h.update(tvm.__version__.encode())
