@@ -34,6 +34,21 @@ def pyodide_available() -> bool:
     return browser_util.chromium_available() and (PYODIDE_DIR / "pyodide.mjs").is_file()
 
 
+def tiny_webgpu_artifacts() -> Any:
+    """The tiny Llama built for webgpu and cpu, or a skip naming what is missing to build/run it."""
+    import shutil
+
+    import pytest
+
+    if not pyodide_available():
+        pytest.skip("chromium, playwright or npm pyodide is not installed")
+    if shutil.which("emcc") is None:
+        pytest.skip("emcc is not installed (needed to build the webgpu library)")
+    import model_factory
+
+    return model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
+
+
 def bundle_bytes() -> bytes:
     """The zip of webrt's pure-Python packages that the page unpacks into Pyodide."""
     from webrt.wasm.bundle import build_bundle

@@ -94,14 +94,6 @@ async def stored(model_id, backend="cache"):
 """
 
 
-def _artifacts() -> Any:
-    if not pyodide_util.pyodide_available():
-        pytest.skip("chromium, playwright or npm pyodide is not installed")
-    if shutil.which("emcc") is None:
-        pytest.skip("emcc is not installed (needed to build the webgpu library)")
-    import model_factory
-
-    return model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
 
 
 def _prelude(model_list: list[dict[str, Any]]) -> str:
@@ -137,7 +129,7 @@ def native_text(art: Any, model_dir: Path | None = None) -> str:
 # --- page 1: Cache Storage, second load, kernel list, helpers -----------------------------------
 @pytest.fixture(scope="module")
 def cache_session() -> dict[str, Any]:
-    art = _artifacts()
+    art = pyodide_util.tiny_webgpu_artifacts()
     lib = art.libs["webgpu"]
     routes = {"/models/tiny/resolve/main/": art.model_dir, "/libs/": lib.parent}
     model_list = [{"model": "/models/tiny", "model_id": "tiny", "model_lib": f"/libs/{lib.name}"}]
@@ -323,7 +315,7 @@ def _bf16_copy(model_dir: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fault_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    art = _artifacts()
+    art = pyodide_util.tiny_webgpu_artifacts()
     import model_factory
 
     f16 = model_factory.tiny_artifacts("llama2", "q4f16_1", devices=("webgpu",))

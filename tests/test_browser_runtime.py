@@ -15,7 +15,6 @@ O(0.1) errors a wrong kernel, binding or KV-cache page produces) and require ide
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -31,19 +30,11 @@ DECODE_STEPS = 8
 LOGIT_ATOL = 2e-3
 
 
-def _artifacts() -> Any:
-    if not pyodide_util.pyodide_available():
-        pytest.skip("chromium, playwright or npm pyodide is not installed")
-    if shutil.which("emcc") is None:
-        pytest.skip("emcc is not installed (needed to build the webgpu library)")
-    import model_factory
-
-    return model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
 
 
 @pytest.fixture(scope="module")
 def artifacts() -> Any:
-    return _artifacts()
+    return pyodide_util.tiny_webgpu_artifacts()
 
 
 def _routes(art: Any) -> dict[str, Path]:

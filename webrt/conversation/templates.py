@@ -35,6 +35,20 @@ def _chatml(**overrides: Any) -> dict[str, Any]:
     return {**base, **overrides}
 
 
+def _plain_lm(name: str, **fields: Any) -> Conversation:
+    """A plain language model: no roles, no separators, text in and text out."""
+    return Conversation(
+        name=name,
+        system_template=_S,
+        system_message="",
+        roles={"user": "", "assistant": ""},
+        seps=[""],
+        role_content_sep="",
+        role_empty_sep="",
+        **fields,
+    )
+
+
 _DEEPSEEK_R1_SYSTEM_MESSAGE = (
     "You are Deepseek-R1, an AI assistant created exclusively by the Chinese Company DeepSeek. "
     "You'll provide helpful, harmless, and detailed responses to all user inquiries."
@@ -383,38 +397,7 @@ def builtin_templates() -> list[Conversation]:
             system_prefix_token_ids=[100257],
         ),
         # --- Plain language models ----------------------------------------------------------
-        Conversation(
-            name="gpt2",
-            system_template=_S,
-            system_message="",
-            roles={"user": "", "assistant": ""},
-            seps=[""],
-            role_content_sep="",
-            role_empty_sep="",
-            stop_str=["</s>"],
-            stop_token_ids=[50256],
-        ),
-        Conversation(
-            name="gpt_bigcode",
-            system_template=_S,
-            system_message="",
-            roles={"user": "", "assistant": ""},
-            seps=[""],
-            role_content_sep="",
-            role_empty_sep="",
-            stop_str=["<|endoftext|>"],
-            stop_token_ids=[0],
-        ),
-        Conversation(
-            name="LM",
-            system_template=_S,
-            system_message="",
-            roles={"user": "", "assistant": ""},
-            seps=[""],
-            role_content_sep="",
-            role_empty_sep="",
-            stop_str=[],
-            stop_token_ids=[2],
-            system_prefix_token_ids=[1],
-        ),
+        _plain_lm("gpt2", stop_str=["</s>"], stop_token_ids=[50256]),
+        _plain_lm("gpt_bigcode", stop_str=["<|endoftext|>"], stop_token_ids=[0]),
+        _plain_lm("LM", stop_str=[], stop_token_ids=[2], system_prefix_token_ids=[1]),
     ]
