@@ -46,24 +46,6 @@ def _softmax_with_temperature(logits: te.Tensor, temperature: te.Tensor) -> te.T
     return te.compute((b, one, v), lambda i, j, x: weights[i, j, x] / total[i, j], name="probs")
 
 
-def _argmax(logits: te.Tensor) -> te.Tensor:
-    """First index of the row maximum (ties go to the lowest id, like numpy/torch argmax).
-
-    Two plain reductions (the max, then the smallest index holding it) rather than one tuple
-    reduction: the GPU reduction schedules handle single-output reductions.
-    """
-    b, _, v = logits.shape
-    k = te.reduce_axis((0, v), "k")
-    row_max = te.compute((b,), lambda i: te.max(logits[i, 0, k], axis=k), name="row_max")
-    k2 = te.reduce_axis((0, v), "k2")
-    first = te.compute(
-        (b,),
-        lambda i: te.min(tirx.Select(logits[i, 0, k2] == row_max[i], k2.var.astype("int32"), v.astype("int32")), axis=k2),
-        name="argmax",
-    )
-    return first
-
-
 def _thread_loops(target: Target, *axes: str):
     """Loop constructors bound to GPU thread axes, or plain serial loops on the CPU.
 
@@ -183,6 +165,59 @@ def _inverse_cdf_sample(vocab_size: int, target: Target, through_indices: bool) 
                     out[j] = T.min(pick[0], cut[0])
 
     return inverse_cdf_sample
+
+
+def _argmax_kernel(vocab_size: int, target: Target) -> tirx.PrimFunc:
+    """``out[0]`` = the first index of the largest logit (ties to the lowest id, as numpy).
+
+    Two launches without barriers, as :func:`_inverse_cdf_sample`: ``SAMPLE_CHUNKS`` threads
+    each find the first maximum of one contiguous chunk; one thread combines the chunks in order
+    (a later chunk wins only with a strictly larger value). dlight leaves a single-output argmax
+    over a symbolic vocabulary to its fallback: one thread looping over global memory.
+    """
+    V = vocab_size
+    chunks = SAMPLE_CHUNKS
+    size = (V + chunks - 1) // chunks
+    (chunk_loop,) = _thread_loops(target, "threadIdx.x")
+    (one,) = _thread_loops(target, "blockIdx.x")
+
+    @T.prim_func(private=True, s_tir=True)
+    def argmax_chunks(var_logits: T.handle, var_best: T.handle, var_where: T.handle, var_out: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        logits = T.match_buffer(var_logits, (1, 1, V), "float32")
+        best = T.match_buffer(var_best, (chunks,), "float32")
+        where = T.match_buffer(var_where, (chunks,), "int32")
+        out = T.match_buffer(var_out, (1,), "int32")
+        for c in chunk_loop(0, chunks):
+            with T.sblock("chunk_argmax"):
+                T.reads(logits[0, 0, 0:V])
+                T.writes(best[c], where[c])
+                value = T.alloc_buffer((1,), "float32", scope="local")
+                index = T.alloc_buffer((1,), "int32", scope="local")
+                value[0] = T.min_value("float32")
+                index[0] = V
+                for i in range(size):
+                    if c * size + i < V:
+                        if T.Or(logits[0, 0, c * size + i] > value[0], index[0] == V):
+                            value[0] = logits[0, 0, c * size + i]
+                            index[0] = c * size + i
+                best[c] = value[0]
+                where[c] = index[0]
+        for _ in one(0, 1):
+            with T.sblock("combine"):
+                T.reads(best[0:chunks], where[0:chunks])
+                T.writes(out[0])
+                value = T.alloc_buffer((1,), "float32", scope="local")
+                index = T.alloc_buffer((1,), "int32", scope="local")
+                value[0] = best[0]
+                index[0] = where[0]
+                for c in range(1, chunks):
+                    if T.And(where[c] < V, best[c] > value[0]):
+                        value[0] = best[c]
+                        index[0] = where[c]
+                out[0] = index[0]
+
+    return argmax_chunks
 
 
 def _in_place_kernels(target: Target) -> dict[str, tirx.PrimFunc]:
@@ -349,10 +384,22 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target, vocab_size: int
             out = bb.emit_output(probs)
         bb.emit_func_output(out)
 
-    logits3 = relax.Var("logits", relax.TensorType((1, 1, v), "float32"))  # static batch: WebGPU needs
-    with bb.function("argmax_logits", [logits3]):  # a compile-time bound for the reduction's scratch
+    logits_one = relax.Var("logits", relax.TensorType((1, 1, vocab_size), "float32"))
+    argmax_gv = bb.add_func(_argmax_kernel(vocab_size, target), "argmax_chunks")
+    with bb.function("argmax_logits", [logits_one]):
         with bb.dataflow():
-            out = bb.emit_output(bb.emit_te(_argmax, logits3, primfunc_name_hint="argmax_logits"))
+            outs = bb.emit(
+                relax.call_tir(
+                    argmax_gv,
+                    [logits_one],
+                    out_ty=[
+                        relax.TensorType((SAMPLE_CHUNKS,), "float32"),
+                        relax.TensorType((SAMPLE_CHUNKS,), "int32"),
+                        relax.TensorType((1,), "int32"),
+                    ],
+                )
+            )
+            out = bb.emit_output(relax.TupleGetItem(outs, 2))
         bb.emit_func_output(out)
 
     probs_row = relax.Var("probs", relax.TensorType((1, vocab_size), "float32"))
