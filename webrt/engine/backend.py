@@ -41,6 +41,9 @@ class Backend(Protocol):
     def upload(self, data: bytes, shape: Sequence[int], dtype: str) -> Tensor:
         """Copy host bytes into a new tensor on the model's device."""
 
+    def write(self, tensor: Tensor, data: bytes) -> None:
+        """Overwrite a tensor's contents with host bytes (same size)."""
+
     def download(self, tensor: Tensor, nbytes: int | None = None) -> bytes:
         """Copy (the first ``nbytes`` of) a device tensor back to host bytes; waits for the GPU."""
 

@@ -73,6 +73,7 @@ class ModelRunner:
             shape([1 if window.uses_sliding_window else 0]),
         )
         self._seq_zero = shape([0])
+        self._one_token: Any = None
         self.total_tokens = 0  # tokens currently in the cache
         self.reset()
 
@@ -111,9 +112,20 @@ class ModelRunner:
             )
 
     # --- forward --------------------------------------------------------------------------------
+    def _token_ids(self, tokens: Sequence[int]) -> Any:
+        """The ids on the device; a decode step reuses one tensor rather than allocating one."""
+        data = _pack("i", tokens)
+        if len(tokens) != 1:
+            return self.backend.upload(data, (len(tokens),), "int32")
+        if self._one_token is None:
+            self._one_token = self.backend.upload(data, (1,), "int32")
+        else:
+            self.backend.write(self._one_token, data)
+        return self._one_token
+
     def _forward(self, tokens: Sequence[int]) -> Any:
         n = len(tokens)
-        embedding = self._embed(self.backend.upload(_pack("i", tokens), (n,), "int32"), self.backend.params)
+        embedding = self._embed(self._token_ids(tokens), self.backend.params)
         hidden = embedding.shape[-1]
         embedding = self.backend.view(embedding, (1, n, hidden))
         self._begin_forward(self.kv_cache, self._seq_zero, self.backend.shape_tuple([n]))

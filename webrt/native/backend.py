@@ -80,6 +80,9 @@ class NativeBackend:
     def upload(self, data: bytes, shape: Sequence[int], dtype: str) -> Any:
         return tvm.runtime.tensor(np.frombuffer(data, dtype=dtype).reshape(shape), self.device)
 
+    def write(self, tensor: Any, data: bytes) -> None:
+        tensor.copyfrom(np.frombuffer(data, dtype=str(tensor.dtype)).reshape(tuple(tensor.shape)))
+
     def download(self, tensor: Any, nbytes: int | None = None) -> bytes:
         raw = tensor.numpy().tobytes()
         return raw if nbytes is None else raw[:nbytes]

@@ -91,6 +91,14 @@ class WasmBackend:
             self.runtime.gpu_ctx.write_bytes(tensor.data, tensor.byte_offset, data, fresh=True)
         return tensor
 
+    def write(self, tensor: Tensor, data: bytes) -> None:
+        if len(data) != tensor.nbytes:
+            raise ValueError(f"{len(data)} bytes for a tensor of {tensor.nbytes}")
+        if tensor.device.device_type == DeviceType.CPU:
+            self.inst.memory.write(tensor.data + tensor.byte_offset, data)
+        elif data:
+            self.runtime.gpu_ctx.write_bytes(tensor.data, tensor.byte_offset, data)
+
     def download(self, tensor: Tensor, nbytes: int | None = None) -> bytes:
         total = tensor.nbytes
         n = total if nbytes is None else min(int(nbytes), total)
