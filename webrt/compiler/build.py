@@ -19,7 +19,7 @@ from tvm.target import Target
 
 from webrt import __version__
 from webrt.compiler.cpu_schedule import NTMatmulCPU
-from webrt.compiler.gpu_schedule import RowPerThreadGEMV
+from webrt.compiler.gpu_schedule import RowPerThreadMatmul
 from webrt.compiler.quantization import Quantization
 from webrt.compiler.sampling import attach_sampling_functions
 from webrt.models import MODEL_TYPES, model_class
@@ -161,7 +161,7 @@ def _schedule_passes(target: Target) -> list[tvm.transform.Pass]:
         return [dl.ApplyDefaultSchedule(NTMatmulCPU())]
     return [
         dl.ApplyDefaultSchedule(
-            RowPerThreadGEMV(),
+            RowPerThreadMatmul(),
             dl.gpu.Matmul(),
             dl.gpu.GEMV(),
             dl.gpu.Reduction(),
