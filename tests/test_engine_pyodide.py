@@ -76,6 +76,10 @@ class ListBackend:
         fmt = {"float32": "f", "int32": "i"}[dtype]
         return ListTensor(list(struct.unpack(f"<{len(data) // 4}{fmt}", data)), shape, dtype)
 
+    def write(self, tensor, data):
+        fmt = {"float32": "f", "int32": "i"}[tensor.dtype]
+        tensor.values[:] = struct.unpack(f"<{len(data) // 4}{fmt}", data)
+
     def download(self, tensor, nbytes=None):
         fmt = "i" if tensor.dtype == "int32" else "f"
         raw = struct.pack(f"<{len(tensor.values)}{fmt}", *tensor.values)
