@@ -15,7 +15,6 @@ O(0.1) errors a wrong kernel, binding or KV-cache page produces) and require ide
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 

@@ -18,7 +18,6 @@ from webrt.wasm.ffi import (
     CPU,
     WEBGPU,
     DataType,
-    Device,
     DLTensorInfo,
     ObjectRef,
     OpaquePtr,
