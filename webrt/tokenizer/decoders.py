@@ -11,6 +11,7 @@ from typing import Any
 
 from webrt.errors import TokenizerError
 from webrt.tokenizer.byte_level import token_bytes
+from webrt.tokenizer.compose import compose
 from webrt.tokenizer.unicode_regex import compile_pattern
 
 DecodeChain = Callable[[list[str]], list[str]]
@@ -141,15 +142,6 @@ def _bpe_suffix(suffix: str) -> DecodeChain:
     return decode
 
 
-def _sequence(chains: list[DecodeChain]) -> DecodeChain:
-    def decode(tokens: list[str]) -> list[str]:
-        for chain in chains:
-            tokens = chain(tokens)
-        return tokens
-
-    return decode
-
-
 def decoder_from_spec(spec: dict[str, Any] | None) -> DecodeChain | None:
     """Build the decoder described by tokenizer.json's `decoder` field (None: join with ' ')."""
     if spec is None:
@@ -176,5 +168,5 @@ def decoder_from_spec(spec: dict[str, Any] | None) -> DecodeChain | None:
     if kind == "BPEDecoder":
         return _bpe_suffix(spec.get("suffix", "</w>"))
     if kind == "Sequence":
-        return _sequence([d for d in map(decoder_from_spec, spec["decoders"]) if d is not None])
+        return compose([d for d in map(decoder_from_spec, spec["decoders"]) if d is not None])
     raise TokenizerError(f"decoder {kind!r} is not supported")

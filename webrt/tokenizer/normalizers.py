@@ -14,6 +14,7 @@ from typing import Any, Literal
 from webrt.errors import TokenizerError
 from webrt.tokenizer import bert_unicode_tables
 from webrt.tokenizer.byte_level import to_byte_chars
+from webrt.tokenizer.compose import compose
 from webrt.tokenizer.unicode_regex import (
     WHITE_SPACE_CHARS,
     compile_pattern,
@@ -151,15 +152,6 @@ def _nmt(text: str) -> str:
     return _NMT_REMOVED.sub("", text).translate(_NMT_TO_SPACE)
 
 
-def _sequence(normalizers: list[Normalizer]) -> Normalizer:
-    def normalize(text: str) -> str:
-        for normalizer in normalizers:
-            text = normalizer(text)
-        return text
-
-    return normalize
-
-
 def normalizer_from_spec(spec: dict[str, Any] | None) -> Normalizer | None:
     """Build the normalizer described by tokenizer.json's `normalizer` field (None: identity)."""
     if spec is None:
@@ -168,7 +160,7 @@ def normalizer_from_spec(spec: dict[str, Any] | None) -> Normalizer | None:
     if kind == "Sequence":
         parts = [normalizer_from_spec(child) for child in spec["normalizers"]]
         present = [p for p in parts if p is not None]
-        return _sequence(present)
+        return compose(present)
     if kind in _UNICODE_FORMS:
         return _unicode_form(_UNICODE_FORMS[kind])
     if kind == "Lowercase":
