@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from webrt.errors import InvalidRequestError
 
@@ -261,12 +261,23 @@ def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
         raise InvalidRequestError(f"'extra_body' must be an object, got {extra!r}")
 
 
+_Request = TypeVar("_Request", bound=GenerationRequest)
+
+
+def _start_parse(
+    request: Mapping[str, Any] | None, kwargs: Mapping[str, Any], allowed: Sequence[str],
+    where: str, out: _Request,
+) -> tuple[dict[str, Any], _Request]:
+    """Merge the arguments, reject unknown fields, and fill ``out``'s common fields."""
+    data = _merge_args(request, kwargs)
+    _check_fields(data, allowed, where)
+    _parse_common(data, out)
+    return data, out
+
+
 def parse_chat_request(request: Mapping[str, Any] | None = None, **kwargs: Any) -> ChatCompletionRequest:
     """Validate ``chat.completions.create`` arguments (a dict and/or keyword arguments)."""
-    data = _merge_args(request, kwargs)
-    _check_fields(data, CHAT_FIELDS, "chat.completions.create")
-    out = ChatCompletionRequest()
-    _parse_common(data, out)
+    data, out = _start_parse(request, kwargs, CHAT_FIELDS, "chat.completions.create", ChatCompletionRequest())
     messages = data.get("messages")
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty list of {'role': ..., 'content': ...}")
@@ -285,10 +296,7 @@ def parse_chat_request(request: Mapping[str, Any] | None = None, **kwargs: Any) 
 
 def parse_completion_request(request: Mapping[str, Any] | None = None, **kwargs: Any) -> CompletionRequest:
     """Validate ``completions.create`` arguments (a dict and/or keyword arguments)."""
-    data = _merge_args(request, kwargs)
-    _check_fields(data, COMPLETION_FIELDS, "completions.create")
-    out = CompletionRequest()
-    _parse_common(data, out)
+    data, out = _start_parse(request, kwargs, COMPLETION_FIELDS, "completions.create", CompletionRequest())
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise InvalidRequestError("'prompt' must be a non-empty string (lists of prompts are not supported)")
