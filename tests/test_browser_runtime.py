@@ -105,17 +105,22 @@ async def generate(backend, timed_steps=0):
 
 result = await asyncio.create_task(generate(backend, timed_steps=12))
 
-# on-device sampling on given probabilities: sort-free inverse CDF, and argsort + top-p
+# on-device sampling on given probabilities: sort-free inverse CDF (whole, or above the top-p
+# floor), and WebLLM's argsort + top-p pair
 def pack(fmt, values):
     return struct.pack("<%%d%%s" %% (len(values), fmt), *values)
 
 def sample_cases():
     out = []
     probs = backend.upload(pack("f", SAMPLE_PROBS), (1, len(SAMPLE_PROBS)), "float32")
-    for u, top_p in SAMPLE_DRAWS:
+    for u, top_p, sort in SAMPLE_DRAWS:
         uniform = backend.upload(pack("f", [u]), (1,), "float32")
         if top_p >= 1.0:
             token = backend.function("sample_from_probs")(probs, uniform)
+        elif not sort:
+            token = backend.function("sample_top_p_from_probs")(
+                probs, uniform, backend.upload(pack("i", [0]), (1,), "int32"),
+                backend.upload(pack("f", [top_p]), (1,), "float32"))
         else:
             sorted_probs, sorted_ids = backend.function("argsort_probs")(probs)
             token = backend.function("sample_with_top_p")(
@@ -153,23 +158,27 @@ result
 """
 
 
-def sampling_cases(vocab: int) -> tuple[list[float], list[tuple[float, float]], list[int]]:
-    """Probabilities, (uniform, top_p) draws kept away from decision boundaries, and the numpy answers."""
+def sampling_cases(vocab: int) -> tuple[list[float], list[tuple[float, float, bool]], list[int]]:
+    """Probabilities, (uniform, top_p, sorted) draws kept away from decision boundaries, and the
+    numpy answers. With a cut, the sorted pair walks the kept tokens from most to least likely;
+    sample_top_p_from_probs walks the same tokens in token order."""
     import numpy as np
 
     rng = np.random.RandomState(2)
     logits = rng.randn(vocab) * 2
     probs = (np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()).astype("float32")
+    by_mass = np.array(sorted(range(vocab), key=lambda i: (-probs[i], i)))
     draws, expected = [], []
     for u in rng.rand(40).astype("float32"):
-        for top_p in (1.0, 0.8, 0.97):
-            order = np.arange(vocab) if top_p >= 1.0 else np.array(sorted(range(vocab), key=lambda i: (-probs[i], i)))
-            cumulative = np.cumsum(probs[order].astype("float64"))
-            cut = len(order) - 1 if top_p >= 1.0 else int(np.argmax(cumulative >= top_p))
-            kept = cumulative[: cut + 1] / cumulative[cut]
+        for top_p, sort in ((1.0, False), (0.8, True), (0.97, True), (0.8, False), (0.97, False)):
+            mass = np.cumsum(probs[by_mass].astype("float64"))
+            cut = len(by_mass) - 1 if top_p >= 1.0 else int(np.argmax(mass >= top_p))
+            order = by_mass[: cut + 1] if sort else np.flatnonzero(probs >= probs[by_mass[cut]])
+            kept = np.cumsum(probs[order].astype("float64"))
+            kept /= kept[-1]
             if np.min(np.abs(kept - u)) < 1e-4:
                 continue  # a boundary draw: float rounding decides
-            draws.append((float(u), top_p))
+            draws.append((float(u), top_p, sort))
             expected.append(int(order[int(np.argmax(u < kept))]))
     return [float(x) for x in probs], draws, expected
 
@@ -179,7 +188,7 @@ def browser_run(artifacts: Any) -> dict[str, Any]:
     probs, draws, expected = sampling_cases(artifacts.chat_config["vocab_size"])
     code = BROWSER_RUN % {
         "prompt": json.dumps(PROMPT), "steps": DECODE_STEPS, "lib": artifacts.libs["webgpu"].name,
-        "sample_probs": json.dumps(probs), "sample_draws": json.dumps(draws),
+        "sample_probs": json.dumps(probs), "sample_draws": repr(draws),
     }
     with pyodide_util.PyodidePage(_routes(artifacts), worker=True) as page:
         result = page.run(code, timeout_s=240)
@@ -209,8 +218,9 @@ def test_tiny_model_matches_native_cpu(artifacts: Any, browser_run: dict[str, An
 
 
 def test_sampling_kernels_on_webgpu_match_numpy(browser_run: dict[str, Any]) -> None:
-    """sample_from_probs (GPU scan + interval search) and argsort_probs + sample_with_top_p
-    (bitonic network) pick what numpy's inverse CDF picks for the same uniform draws."""
+    """sample_from_probs, sample_top_p_from_probs (bisected floor, workgroup barriers) and
+    argsort_probs + sample_with_top_p (bitonic network) pick what numpy's inverse CDF picks
+    for the same uniform draws."""
     assert len(browser_run["sampled_expected"]) > 100
     assert browser_run["sampled"] == browser_run["sampled_expected"]
 

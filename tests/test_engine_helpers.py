@@ -91,22 +91,24 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def top_p_choice(logits: np.ndarray, temperature: float, top_p: float, uniform: float) -> tuple[int, float]:
     """Nucleus sampling the way the device kernels do it; also the distance of ``uniform``
-    from the nearest decision boundary (to skip draws float32 rounding could flip).
+    (and of ``top_p``) from the nearest decision boundary, to skip draws float32 rounding
+    could flip.
 
-    With a cut (top_p < 1) the inverse CDF runs over the probabilities sorted in descending
-    order; without one, over them in token-id order (no sort is needed then)."""
+    The cut keeps the smallest set of most likely tokens whose mass reaches ``top_p`` (found
+    here by sorting); the inverse CDF then runs over the kept probabilities in token-id order."""
     scaled = (logits - logits.max()) / temperature
     probs = np.exp(scaled) / np.exp(scaled).sum()
-    if top_p >= 1.0:
-        order = list(range(len(probs)))
-    else:
-        order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))
-    cumulative = np.cumsum(probs[order])
-    cut = int(np.argmax(cumulative >= top_p)) if cumulative[-1] >= top_p else len(order) - 1
-    renormalised = cumulative[: cut + 1] / cumulative[cut]
-    pick = int(np.argmax(uniform < renormalised)) if uniform < renormalised[-1] else cut
-    margin = float(np.min(np.abs(renormalised - uniform)))
-    return order[pick], margin
+    margin = 1.0
+    if top_p < 1.0:
+        descending = np.sort(probs)[::-1]
+        mass = np.cumsum(descending)
+        cut = int(np.argmax(mass >= top_p)) if mass[-1] >= top_p else len(probs) - 1
+        margin = float(np.min(np.abs(mass - top_p)))
+        probs = np.where(probs >= descending[cut], probs, 0.0)
+    cumulative = np.cumsum(probs) / probs.sum()
+    pick = int(np.argmax(uniform < cumulative)) if uniform < cumulative[-1] else int(np.flatnonzero(probs)[-1])
+    margin = min(margin, float(np.min(np.abs(cumulative[probs > 0] - uniform))))
+    return pick, margin
 
 
 def token_ids_from_logprobs(engine: Engine, content: list[dict[str, Any]]) -> list[int]:

@@ -84,6 +84,51 @@ def test_sample_with_top_p(lib, top_p) -> None:
         assert got == order[int(np.argmax(u < kept))]
 
 
+def nucleus_in_token_order(p: np.ndarray, top_p: float, u: float) -> tuple[int, float]:
+    """numpy's answer for sample_top_p_from_probs, and the draw's distance from a boundary."""
+    descending = np.sort(p)[::-1].astype("float64")
+    mass = np.cumsum(descending)
+    floor = descending[int(np.argmax(mass >= top_p * mass[-1]))]
+    kept = np.where(p >= floor, p, 0).astype("float64")
+    cumulative = np.cumsum(kept) / kept.sum()
+    return int(np.argmax(u < cumulative)), float(np.min(np.abs(cumulative[kept > 0] - u)))
+
+
+def test_sample_top_p_from_probs_needs_no_sort(lib) -> None:
+    """Two rows (one with ties), several draws each: numpy's nucleus pick, in token order."""
+    p = np.concatenate([softmax(logits_like(lib), 0.8).reshape(1, -1), softmax(logits_like(lib), 1.5).reshape(1, -1)])
+    p[1, [3, 50, 77, 140]] = p[1].max()  # ties at the top of the second row
+    p[1] /= p[1].sum()
+    p = p.astype("float32")
+    checked = 0
+    for top_p in (0.05, 0.3, 0.8, 0.95, 0.999):
+        draws = RNG.rand(6).astype("float32")
+        rows = np.array([0, 1, 1, 0, 1, 0], "int32")
+        got = lib.function("sample_top_p_from_probs")(
+            t(p), t(draws), t(rows), t(np.array([top_p, top_p], "float32"))
+        ).numpy()
+        for j, (u, row) in enumerate(zip(draws, rows, strict=True)):
+            expected, margin = nucleus_in_token_order(p[row], top_p, float(u))
+            if margin > 1e-5:
+                assert got[j] == expected, (top_p, u, row)
+                checked += 1
+    assert checked > 25
+
+
+def test_top_p_keeps_the_ties_at_the_cut_and_the_top_token_at_zero(lib) -> None:
+    p = np.full((1, lib.metadata["webrt"]["vocab_size"]), 1e-6, "float32")
+    p[0, [9, 30, 31]] = [0.3, 0.2, 0.2]  # 0.2 tied at the cut for top_p = 0.5 (0.3 alone is 0.43)
+    p /= p.sum()
+    sample = lib.function("sample_top_p_from_probs")
+    picks = {
+        int(sample(t(p), t(np.array([u], "float32")), t(np.array([0], "int32")), t(np.array([0.5], "float32"))).numpy()[0])
+        for u in np.linspace(0.01, 0.99, 25)
+    }
+    assert picks == {9, 30, 31}
+    top = sample(t(p), t(np.array([0.9], "float32")), t(np.array([0], "int32")), t(np.array([0.0], "float32")))
+    assert int(top.numpy()[0]) == 9
+
+
 def test_sample_from_probs_is_the_inverse_cdf(lib) -> None:
     p = softmax(logits_like(lib), 1.0).reshape(1, -1)
     cumulative = np.cumsum(p[0])

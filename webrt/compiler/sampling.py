@@ -10,9 +10,10 @@ end on the device and read back one token id instead of the whole vocabulary:
   top_p f32[b]) -> i32[n]``;
 - in place on logits viewed ``[b,V]``: ``apply_logit_bias_inplace``, ``apply_penalty_inplace``
   (presence, frequency, repetition), ``apply_bitmask_inplace``;
-- webrt's own ``argmax_logits(logits f32[1,1,V]) -> i32[1]`` for greedy decoding and
+- webrt's own ``argmax_logits(logits f32[1,1,V]) -> i32[1]`` for greedy decoding,
   ``sample_from_probs(probs f32[1,V], uniform f32[1]) -> i32[1]`` (inverse CDF, no sort) for
-  sampling without a top-p cut.
+  sampling without a top-p cut, and ``sample_top_p_from_probs(probs f32[b,V], uniform f32[n],
+  sample_indices i32[n], top_p f32[b]) -> i32[n]`` for sampling with one (no sort either).
 """
 
 from __future__ import annotations
@@ -218,6 +219,134 @@ def _argmax_kernel(vocab_size: int, target: Target) -> tirx.PrimFunc:
                 out[0] = index[0]
 
     return argmax_chunks
+
+
+TOP_P_THREADS = 128
+ABOVE_ALL = 0x7F800000  # the bit pattern of +inf: no probability reaches it
+SEARCH_STEPS = 31  # halvings of [0, ABOVE_ALL) down to one bit pattern
+
+
+def _top_p_sample(vocab_size: int, target: Target) -> tirx.PrimFunc:
+    """Top-p (nucleus) sampling without sorting: one workgroup per sample.
+
+    The kept set is every token whose probability reaches a floor: the largest floor whose
+    kept mass is still at least ``top_p * total``. That is the set a descending sort keeps,
+    up to ties at the edge, which all stay. The floor is found by bisecting its float32 bit
+    pattern (ordered like the value for non-negative floats) over [0, +inf): 31 halvings,
+    each a masked sum across the workgroup, so the floor is exact. Then the draw
+    ``u * kept mass`` is located by the inverse CDF over the kept probabilities in token
+    order. A bitonic sort of a 49k vocabulary is 136 launches; this is one, with no scratch.
+    The CPU build runs the same text with a single thread.
+    """
+    V = vocab_size
+    gpu = target.kind.name != "llvm"
+    threads = TOP_P_THREADS if gpu else 1
+    scope = "shared" if gpu else "local"
+    per_thread = (V + threads - 1) // threads
+    sample_loop, thread_loop = _thread_loops(target, "blockIdx.x", "threadIdx.x")
+
+    @T.macro
+    def barrier():
+        if gpu:
+            T.tvm_storage_sync("shared")
+
+    @T.macro
+    def mass_at_least(probs, row, tx, floor, partial, acc):
+        """acc[0] = the mass of the probabilities >= floor (the same sum in every thread)."""
+        acc[0] = T.float32(0)
+        for k in range(per_thread):
+            if tx + k * threads < V:
+                if probs[row, tx + k * threads] >= floor:
+                    acc[0] = acc[0] + probs[row, tx + k * threads]
+        partial[tx] = acc[0]
+        barrier()
+        acc[0] = T.float32(0)
+        for c in range(threads):
+            acc[0] = acc[0] + partial[c]
+        barrier()
+
+    @T.prim_func(private=True, s_tir=True)
+    def top_p_sample(
+        var_probs: T.handle, var_uniform: T.handle, var_rows: T.handle, var_top_p: T.handle, var_out: T.handle
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        b, n = T.int64(), T.int64()
+        probs = T.match_buffer(var_probs, (b, V), "float32")
+        uniform = T.match_buffer(var_uniform, (n,), "float32")
+        rows = T.match_buffer(var_rows, (n,), "int32")
+        top_p = T.match_buffer(var_top_p, (b,), "float32")
+        out = T.match_buffer(var_out, (n,), "int32")
+        for j in sample_loop(0, n):
+            with T.sblock("workgroup"):
+                T.reads(probs[0:b, 0:V], uniform[j], rows[j], top_p[0:b])
+                T.writes(out[j])
+                partial = T.alloc_buffer((threads,), "float32", scope=scope)
+                for tx in thread_loop(0, threads):
+                    with T.sblock("top_p_sample"):
+                        T.reads(probs[0:b, 0:V], uniform[j], rows[j], top_p[0:b], partial[0:threads])
+                        T.writes(out[j], partial[0:threads])
+                        acc = T.alloc_buffer((1,), "float32", scope="local")
+                        goal = T.alloc_buffer((1,), "float32", scope="local")
+                        kept = T.alloc_buffer((1,), "float32", scope="local")
+                        bits = T.alloc_buffer((3,), "int32", scope="local")  # lo, hi, mid
+                        floor = T.alloc_buffer((1,), "float32", scope="local")
+                        row = rows[j]
+                        # Find the largest floor whose mass still reaches top_p * total, by
+                        # bisecting its float bit pattern (ordered like the value for p >= 0).
+                        mass_at_least(probs, row, tx, T.float32(0), partial, acc)
+                        goal[0] = top_p[row] * acc[0]
+                        kept[0] = acc[0]
+                        bits[0] = 0
+                        bits[1] = ABOVE_ALL
+                        for halving in range(SEARCH_STEPS):  # named: WGSL rejects the "__1" an underscore becomes
+                            bits[2] = bits[0] + (bits[1] - bits[0]) // 2
+                            mass_at_least(probs, row, tx, T.reinterpret("float32", bits[2]), partial, acc)
+                            if T.And(acc[0] >= goal[0], acc[0] > T.float32(0)):
+                                bits[0] = bits[2]
+                                kept[0] = acc[0]
+                            else:
+                                bits[1] = bits[2]
+                        # Inverse CDF in token order over the kept probabilities (p >= floor).
+                        floor[0] = T.reinterpret("float32", bits[0])
+                        acc[0] = T.float32(0)
+                        for k in range(per_thread):
+                            if tx * per_thread + k < V:
+                                if probs[row, tx * per_thread + k] >= floor[0]:
+                                    acc[0] = acc[0] + probs[row, tx * per_thread + k]
+                        partial[tx] = acc[0]
+                        barrier()
+                        if tx == 0:
+                            chunk = T.alloc_buffer((2,), "int32", scope="local")  # holding the draw; last with mass
+                            pick = T.alloc_buffer((2,), "int32", scope="local")  # the draw; the last kept token
+                            running = T.alloc_buffer((1,), "float32", scope="local")
+                            goal[0] = uniform[j] * kept[0]
+                            running[0] = T.float32(0)
+                            chunk[0] = -1
+                            chunk[1] = -1
+                            for c in range(threads):
+                                acc[0] = partial[c]
+                                if acc[0] > T.float32(0):
+                                    chunk[1] = c
+                                if chunk[0] < 0:
+                                    if goal[0] < running[0] + acc[0]:
+                                        chunk[0] = c
+                                    else:
+                                        running[0] = running[0] + acc[0]
+                            if chunk[0] < 0:  # rounding put the draw past the end: take the last kept token
+                                chunk[0] = chunk[1]
+                                goal[0] = T.max_value("float32")
+                            pick[0] = -1
+                            pick[1] = 0
+                            for k in range(per_thread):
+                                if T.And(chunk[0] >= 0, chunk[0] * per_thread + k < V):
+                                    acc[0] = probs[row, chunk[0] * per_thread + k]
+                                    if T.And(acc[0] >= floor[0], acc[0] > T.float32(0)):
+                                        pick[1] = chunk[0] * per_thread + k
+                                        running[0] = running[0] + acc[0]
+                                        if T.And(pick[0] < 0, goal[0] < running[0]):
+                                            pick[0] = chunk[0] * per_thread + k
+                            out[j] = T.if_then_else(pick[0] >= 0, pick[0], pick[1])
+    return top_p_sample
 
 
 def _in_place_kernels(target: Target) -> dict[str, tirx.PrimFunc]:
@@ -461,6 +590,18 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target, vocab_size: int
             out = bb.emit_output(relax.TupleGetItem(outs, 1))
         bb.emit_func_output(out)
 
+    top_p_gv = bb.add_func(_top_p_sample(vocab_size, target), "top_p_sample")
+    args = [
+        relax.Var("probs", relax.TensorType((b, vocab_size), "float32")),
+        relax.Var("uniform_samples", relax.TensorType((n,), "float32")),
+        relax.Var("sample_indices", relax.TensorType((n,), "int32")),
+        relax.Var("top_p", relax.TensorType((b,), "float32")),
+    ]
+    with bb.function("sample_top_p_from_probs", args):
+        with bb.dataflow():
+            out = bb.emit_output(relax.call_tir(top_p_gv, args, out_ty=relax.TensorType((n,), "int32")))
+        bb.emit_func_output(out)
+
     mod = bb.finalize()
     for name, kernel in _in_place_kernels(target).items():
         mod[name] = kernel.with_attr("global_symbol", name)
@@ -473,6 +614,7 @@ SAMPLING_FUNCTIONS = (
     "sample_from_probs",
     "argsort_probs",
     "sample_with_top_p",
+    "sample_top_p_from_probs",
     "apply_logit_bias_inplace",
     "apply_penalty_inplace",
     "apply_bitmask_inplace",

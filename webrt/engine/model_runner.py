@@ -186,9 +186,10 @@ class ModelRunner:
     def sample(self, logits: Any, temperature: float, top_p: float, uniform: float) -> int:
         """Draw a token on the device; only the 4-byte id comes back.
 
-        Without a top-p cut the inverse CDF runs over the probabilities in token-id order
-        (``sample_from_probs``: no sort); with one, the probabilities are sorted first
-        (``argsort_probs`` + ``sample_with_top_p``, WebLLM's pair).
+        The inverse CDF runs over the probabilities in token-id order: all of them
+        (``sample_from_probs``) or, with a top-p cut, those above the cut's floor
+        (``sample_top_p_from_probs``); neither sorts. Libraries without these (MLC's) sort
+        first (``argsort_probs`` + ``sample_with_top_p``, WebLLM's pair).
         """
         if temperature <= 1e-5:
             return self.argmax(logits)
@@ -197,6 +198,10 @@ class ModelRunner:
         u = b.upload(_pack("f", [uniform]), (1,), "float32")
         if top_p >= 1.0 and b.has_function("sample_from_probs"):
             token = b.function("sample_from_probs")(probs, u)
+        elif b.has_function("sample_top_p_from_probs"):
+            token = b.function("sample_top_p_from_probs")(
+                probs, u, b.upload(_pack("i", [0]), (1,), "int32"), b.upload(_pack("f", [top_p]), (1,), "float32")
+            )
         else:
             sorted_probs, sorted_ids = b.function("argsort_probs")(probs)
             token = b.function("sample_with_top_p")(
