@@ -187,7 +187,10 @@ def _bench(p: argparse.ArgumentParser) -> None:
             results = [bench_model(BrowserModel(n, Path(m), Path(lib)), a.steps, a.warmup, a.prompt_len,
                                    log=lambda line: print(line, file=sys.stderr, flush=True))
                        for n, m, lib in zip(names, a.model, a.model_lib)]
-            text = report.browser_table(results) + "\n\n" + report.browser_notes(results)
+            text = "\n\n".join(
+                part for part in (report.browser_table(results), report.browser_notes(results),
+                                  report.sampling_table(results)) if part
+            )
         else:
             from webrt.bench.native_bench import NativeModel, bench_transformers, bench_webrt_cpu
 

@@ -134,5 +134,6 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "tvmjs_step_ms": js_step, "webrt_step_ms": py_step, "step_ratio": py_step / js_step,
         "tvmjs_host_ms": _median(js["hostMs"]), "webrt_host_ms": py_host, "webrt_host_fraction": py_host / py_step,
         "dispatches_per_step": _median(py["dispatches"]),
+        "webrt_sampling_ms": py.get("samplingMs", {}),
         "tokens_equal": result["tokens_equal"], "steps": len(py["stepMs"]),
     }

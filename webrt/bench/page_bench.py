@@ -3,11 +3,13 @@
 The same work as `tvmjs_bench.js`: load the library and weights to "ready" (through
 `WebGPUModelLoader`: cached downloads, pipelines, the KV cache), prefill, then greedy decode with
 argmax on the device (`ModelRunner`, what the Engine runs per token). Per step it splits the wall
-time into GPU wait (blocked on the readback) and host time (everything Python does).
+time into GPU wait (blocked on the readback) and host time (everything Python does). Last, it
+times the ways from the final logits to a token id (webrt only: tvmjs has no sampler).
 """
 
 import asyncio
 import json
+import statistics
 import time
 
 from webrt.engine.config import ModelRecord
@@ -36,7 +38,8 @@ async def _webrt_bench(opts):
     tokens, total, host, dispatches = [token], [], [], []
     for i in range(opts["warmup"] + opts["steps"]):
         t, w, d = time.perf_counter(), stats.wait_s, stats.dispatches
-        token = runner.argmax(runner.decode(token))
+        logits = runner.decode(token)
+        token = runner.argmax(logits)
         step = time.perf_counter() - t
         tokens.append(token)
         if i >= opts["warmup"]:
@@ -44,7 +47,29 @@ async def _webrt_bench(opts):
             host.append((step - (stats.wait_s - w)) * 1e3)
             dispatches.append(stats.dispatches - d)
     out.update(stepMs=total, hostMs=host, dispatches=dispatches, tokens=tokens,
-               savedKernels=len(await backend.saved()))
+               samplingMs=_sampling_ms(runner, logits), savedKernels=len(await backend.saved()))
+    return out
+
+
+#: name -> (temperature, top_p, sort); each ends in the 4-byte readback of the token id
+SAMPLERS = {
+    "argmax": (0.0, 1.0, False),
+    "sample": (1.0, 1.0, False),
+    "top_p_0.9": (1.0, 0.9, False),
+    "top_p_0.9_sorted": (1.0, 0.9, True),
+}
+
+
+def _sampling_ms(runner, logits, draws=5):
+    """Median ms from logits to a token id, per sampler (softmax included where it samples)."""
+    out = {}
+    for name, (temperature, top_p, sort) in SAMPLERS.items():
+        times = []
+        for i in range(draws + 1):
+            t = time.perf_counter()
+            runner.sample(logits, temperature, top_p, (i + 0.5) / (draws + 1), sort=sort)
+            times.append((time.perf_counter() - t) * 1e3)
+        out[name] = statistics.median(times[1:])  # the first call may create pipelines
     return out
 
 

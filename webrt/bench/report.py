@@ -37,6 +37,18 @@ def browser_notes(results: list[dict[str, Any]]) -> str:
     return "\n".join(notes)
 
 
+def sampling_table(results: list[dict[str, Any]]) -> str:
+    """webrt's ways from the last logits to a token id, each ending in a 4-byte readback."""
+    names = {"argmax": "greedy (argmax)", "sample": "sample, top_p = 1 (inverse CDF)",
+             "top_p_0.9": "top_p = 0.9, no sort (webrt)", "top_p_0.9_sorted": "top_p = 0.9, argsort + sample_with_top_p (WebLLM's pair)"}
+    rows = [r for r in results if r["summary"].get("webrt_sampling_ms")]
+    lines = ["| model | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
+    for r in rows:
+        ms = r["summary"]["webrt_sampling_ms"]
+        lines.append(f"| {r['label']} | " + " | ".join(f"{ms[k]:.1f} ms" for k in names) + " |")
+    return "\n".join(lines) if rows else ""
+
+
 def native_table(results: list[dict[str, Any]]) -> str:
     lines = ["| model | runtime | threads | prefill | decode ms/token |", "|---|---|---|---|---|"]
     for r in results:

@@ -183,26 +183,22 @@ class ModelRunner:
         t = self.backend.upload(_pack("f", [temperature]), (1,), "float32")
         return self.backend.function("softmax_with_temperature")(logits, t)
 
-    def sample(self, logits: Any, temperature: float, top_p: float, uniform: float) -> int:
+    def sample(self, logits: Any, temperature: float, top_p: float, uniform: float, sort: bool = False) -> int:
         """Draw a token on the device; only the 4-byte id comes back.
 
         The inverse CDF runs over the probabilities in token-id order: all of them
         (``sample_from_probs``) or, with a top-p cut, those above the cut's floor
-        (``sample_top_p_from_probs``); neither sorts. Libraries without these (MLC's) sort
-        first (``argsort_probs`` + ``sample_with_top_p``, WebLLM's pair).
+        (``sample_top_p_from_probs``); neither sorts. Libraries without these (MLC's), or
+        ``sort=True`` (for benchmarks), sort first (``argsort_probs`` + ``sample_with_top_p``,
+        WebLLM's pair).
         """
         if temperature <= 1e-5:
             return self.argmax(logits)
         b = self.backend
         probs = b.view(self.probs(logits, temperature), (1, self.vocab_size))
         u = b.upload(_pack("f", [uniform]), (1,), "float32")
-        if top_p >= 1.0 and b.has_function("sample_from_probs"):
-            token = b.function("sample_from_probs")(probs, u)
-        elif b.has_function("sample_top_p_from_probs"):
-            token = b.function("sample_top_p_from_probs")(
-                probs, u, b.upload(_pack("i", [0]), (1,), "int32"), b.upload(_pack("f", [top_p]), (1,), "float32")
-            )
-        else:
+        sort_free = "sample_from_probs" if top_p >= 1.0 else "sample_top_p_from_probs"
+        if sort or not b.has_function(sort_free):
             sorted_probs, sorted_ids = b.function("argsort_probs")(probs)
             token = b.function("sample_with_top_p")(
                 sorted_probs,
@@ -210,6 +206,12 @@ class ModelRunner:
                 u,
                 b.upload(_pack("i", [0]), (1,), "int32"),
                 b.upload(_pack("f", [top_p]), (1,), "float32"),
+            )
+        elif top_p >= 1.0:
+            token = b.function("sample_from_probs")(probs, u)
+        else:
+            token = b.function("sample_top_p_from_probs")(
+                probs, u, b.upload(_pack("i", [0]), (1,), "int32"), b.upload(_pack("f", [top_p]), (1,), "float32")
             )
         return struct.unpack("<i", b.download(token, 4))[0]
 
