@@ -2,8 +2,9 @@
 
 A source exposes the HF-style config dict and float tensors under their Hugging Face names
 (``model.layers.0.self_attn.q_proj.weight``), whatever the file format. GGUF tensors are
-dequantized and renamed, and llama.cpp's permutation of ``attn_q`` / ``attn_k`` rows (its RoPE
-layout) is undone, so both kinds of source feed the same converter.
+dequantized and renamed, llama.cpp's permutation of ``attn_q`` / ``attn_k`` rows (its RoPE
+layout) is undone, and a ``rope_freqs`` tensor (Llama-3.1/3.2) becomes the ``rope_scaling`` it
+encodes, so both kinds of source feed the same converter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from webrt.compiler.gguf_rope import llama3_scaling_from_divisors
 from webrt.errors import ModelConfigError, WeightFileError
 
 
@@ -182,6 +184,16 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
 
 
+def gguf_dequantize(tensor: Any, file_name: str = "the GGUF") -> np.ndarray:
+    """A GGUF tensor as float32 (whatever its storage type)."""
+    import gguf
+
+    try:
+        return np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    except Exception as e:
+        raise WeightFileError(f"cannot dequantize {tensor.name} ({tensor.tensor_type.name}) from {file_name}: {e}") from None
+
+
 class GGUFSource(WeightSource):
     """A llama.cpp GGUF file: metadata becomes a HF config dict, tensors are dequantized."""
 
@@ -216,11 +228,6 @@ class GGUFSource(WeightSource):
             raise UnsupportedArchitectureError(
                 f"GGUF architecture {arch!r} is not supported; webrt reads: {', '.join(_GGUF_ARCHITECTURES)}"
             )
-        if any(t.name == "rope_freqs.weight" for t in self._reader.tensors):
-            raise ModelConfigError(
-                "this GGUF stores RoPE frequency factors (Llama-3.1 scaling) that cannot be mapped back to a "
-                "rope_scaling config; convert from the Hugging Face safetensors instead."
-            )
 
         def need(key: str) -> Any:
             value = md.get(f"{arch}.{key}")
@@ -251,21 +258,20 @@ class GGUFSource(WeightSource):
         window = md.get(f"{arch}.attention.sliding_window")
         if window:
             cfg["sliding_window"] = int(window)
+        rope_freqs = next((t for t in self._reader.tensors if t.name == "rope_freqs.weight"), None)
+        if rope_freqs is not None:  # Llama-3.1/3.2: the scaling is stored as per-frequency divisors
+            divisors = np.asarray(gguf_dequantize(rope_freqs), dtype=np.float64)
+            cfg["rope_scaling"] = llama3_scaling_from_divisors(divisors, cfg["rope_theta"], cfg["head_dim"])
         return cfg
 
     def names(self) -> list[str]:
         return list(self._tensors)
 
     def get(self, name: str) -> np.ndarray:
-        import gguf
-
         t = self._tensors.get(name)
         if t is None:
             raise WeightFileError(f"tensor {name!r} is not in {self.path.name}; the GGUF is incomplete.")
-        try:
-            w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        except Exception as e:
-            raise WeightFileError(f"cannot dequantize {t.name} ({t.tensor_type.name}) from {self.path.name}: {e}") from None
+        w = gguf_dequantize(t, self.path.name)
         if self.metadata.get("general.architecture") != "llama":
             return w  # only llama.cpp's "llama" converter permutes q/k rows
         if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
