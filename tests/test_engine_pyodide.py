@@ -164,6 +164,11 @@ async def scenario(folder, vocab_size):
     r = await engine.chat.completions.create(messages=user, seed=2, max_tokens=400, response_format={"type": "json_object"})
     out.append([r.choices[0].message.content, r.choices[0].finish_reason])
     json.loads(r.choices[0].message.content)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}}, "required": ["n", "ok"]}
+    r = await engine.chat.completions.create(messages=user, seed=3, max_tokens=400, response_format={
+        "type": "json_schema", "json_schema": {"name": "reply", "schema": schema}})
+    out.append([r.choices[0].message.content, r.choices[0].finish_reason])
+    assert sorted(json.loads(r.choices[0].message.content)) == ["n", "ok"]
     stream = await engine.chat.completions.create(messages=user, seed=5, max_tokens=20, stream=True,
                                                   stream_options={"include_usage": True})
     chunks = [c async for c in stream]
@@ -204,7 +209,7 @@ def test_engine_runs_the_same_under_pyodide(tmp_path: Path) -> None:
     import asyncio
 
     expected = asyncio.run(namespace["scenario"](str(art.model_dir), vocab))
-    assert json.loads(expected)[3][1] == "stop"
+    assert json.loads(expected)[3][1] == "stop" and json.loads(expected)[4][1] == "stop"
     work = tmp_path / "work"
     work.mkdir()
     (work / "scenario.py").write_text(SCENARIO)
@@ -217,5 +222,6 @@ def test_engine_runs_the_same_under_pyodide(tmp_path: Path) -> None:
     _, version, payload = line.split(" ", 2)
     assert version.startswith("3.14")
     got, want = json.loads(payload), json.loads(expected)
-    assert got[:3] == want[:3] and got[4] == want[4]
-    assert got[3] == want[3]
+    assert got[:3] == want[:3] and got[5] == want[5]
+    assert got[3] == want[3]  # JSON mode
+    assert got[4] == want[4]  # a JSON schema

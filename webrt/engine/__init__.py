@@ -1,4 +1,5 @@
-"""The engine: WebLLM's MLCEngine API (chat / text completions, streaming, JSON mode) in pure Python.
+"""The engine: WebLLM's MLCEngine API (chat / text completions, streaming, JSON mode and JSON
+schemas) in pure Python.
 
 The same code runs natively (TVM's runtime, :class:`NativeModelLoader`) and in the browser
 (Pyodide + WebGPU, with the browser's loader).
@@ -7,6 +8,7 @@ The same code runs natively (TVM's runtime, :class:`NativeModelLoader`) and in t
 from webrt.engine.config import AppConfig, ChatConfig, ChatOptions, ModelRecord, merge_chat_config
 from webrt.engine.engine import Engine, create_engine
 from webrt.engine.json_grammar import JsonMatcher, JsonTokenIndex
+from webrt.engine.json_schema import SchemaGrammar
 from webrt.engine.loader import InitProgressReport, ModelLoader, NativeModelLoader
 from webrt.engine.stop import StopStringMatcher
 
@@ -21,6 +23,7 @@ __all__ = [
     "ModelLoader",
     "ModelRecord",
     "NativeModelLoader",
+    "SchemaGrammar",
     "StopStringMatcher",
     "create_engine",
     "merge_chat_config",

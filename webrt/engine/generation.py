@@ -45,6 +45,7 @@ class GenerationConfig:
     logprobs: bool = False
     top_logprobs: int = 0
     json_mode: bool = False
+    json_schema: str | None = None
     ignore_eos: bool = False
 
     @property
@@ -80,6 +81,7 @@ def resolve_generation_config(chat: ChatConfig, request: GenerationRequest, voca
         logprobs=request.logprobs,
         top_logprobs=request.top_logprobs,
         json_mode=request.json_mode,
+        json_schema=request.json_schema,
         ignore_eos=request.ignore_eos,
     )
 
@@ -160,7 +162,7 @@ class Generation:
         self.matcher: JsonMatcher | None = None
         if config.json_mode:
             begin = time.perf_counter()
-            self.matcher = JsonMatcher(model.json_index())
+            self.matcher = JsonMatcher(model.json_index(config.json_schema))
             stats.grammar_init_time += time.perf_counter() - begin
 
     @property

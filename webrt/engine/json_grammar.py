@@ -13,15 +13,19 @@ only of plain string bytes come from a precomputed mask per pending-UTF-8 count,
 tokens holding a quote, backslash or control byte are walked. The index and its memos are
 shared by every request on a model.
 
-The grammar is RFC 8259 with the root restricted to an object (OpenAI's JSON mode). Runs of
+The grammar is RFC 8259 with the root restricted to an object (OpenAI's JSON mode); any other
+byte-level grammar with hashable states (:class:`Grammar`, e.g. a JSON schema's) plugs into the
+same index with :meth:`JsonTokenIndex.with_grammar`, sharing the vocabulary tries. Runs of
 whitespace between tokens are capped at ``max_whitespace`` bytes so a model cannot pad
 forever; UTF-8 inside strings must be well formed (lead byte, then its continuation bytes).
 """
 
 from __future__ import annotations
 
+import copy
 import struct
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol
 
 from webrt.errors import InvalidRequestError
 
@@ -109,52 +113,77 @@ def _after_value(byte: int, stack: str, ws: int, max_ws: int) -> State | None:
     return None
 
 
-def _number(sub: int, byte: int, stack: str, max_ws: int) -> State | None:
+NUMBER_ENDED = -2  # _number_byte: the number ended before the byte
+
+
+def _number_byte(sub: int, byte: int, integer_only: bool = False) -> int | None:
+    """Inside a JSON number: the sub-state after ``byte``, NUMBER_ENDED if the number ended
+    before it (the byte belongs to what follows), None if neither."""
     digit = byte in _DIGITS
     if sub == N_MINUS:
         if byte == 0x30:
-            return (NUMBER, N_ZERO, stack)
-        return (NUMBER, N_INT, stack) if digit else None
+            return N_ZERO
+        return N_INT if digit else None
     if sub in (N_INT, N_FRAC, N_EXP_DIGITS) and digit:
-        return (NUMBER, sub, stack)
-    if sub in (N_ZERO, N_INT) and byte == 0x2E:
-        return (NUMBER, N_DOT, stack)
-    if sub in (N_ZERO, N_INT, N_FRAC) and byte in (0x65, 0x45):
-        return (NUMBER, N_EXP, stack)
+        return sub
+    if not integer_only:
+        if sub in (N_ZERO, N_INT) and byte == 0x2E:
+            return N_DOT
+        if sub in (N_ZERO, N_INT, N_FRAC) and byte in (0x65, 0x45):
+            return N_EXP
     if sub == N_DOT:
-        return (NUMBER, N_FRAC, stack) if digit else None
+        return N_FRAC if digit else None
     if sub == N_EXP:
         if byte in (0x2B, 0x2D):
-            return (NUMBER, N_EXP_SIGN, stack)
-        return (NUMBER, N_EXP_DIGITS, stack) if digit else None
+            return N_EXP_SIGN
+        return N_EXP_DIGITS if digit else None
     if sub == N_EXP_SIGN:
-        return (NUMBER, N_EXP_DIGITS, stack) if digit else None
-    if sub in _NUMBER_CAN_END:  # the number ended; the byte belongs to what follows it
+        return N_EXP_DIGITS if digit else None
+    return NUMBER_ENDED if sub in _NUMBER_CAN_END else None
+
+
+def _number(sub: int, byte: int, stack: str, max_ws: int) -> State | None:
+    nxt = _number_byte(sub, byte)
+    if nxt == NUMBER_ENDED:
         return _after_value(byte, stack, 0, max_ws)
-    return None
+    return None if nxt is None else (NUMBER, nxt, stack)
 
 
-def _string(aux: int, byte: int, stack: str) -> State | None:
-    is_key, escape, pending = aux & _KEY_FLAG, (aux >> 3) & 7, aux & 7
+STRING_CLOSED = -2  # _string_byte: the byte was the closing quote
+
+
+def _string_byte(flags: int, byte: int) -> int | None:
+    """Inside a JSON string: the flags (escape * 8 + UTF-8 bytes pending) after ``byte``,
+    STRING_CLOSED at the closing quote, None if no valid string continues so. Escape 0: none,
+    1: after a backslash, 2..5: 4..1 hex digits of a \\uXXXX still due."""
+    escape, pending = (flags >> 3) & 7, flags & 7
     if escape == 1:
         if byte == 0x75:  # u
-            return (STRING, is_key | (2 << 3), stack)
-        return (STRING, is_key, stack) if byte in _SIMPLE_ESCAPES else None
+            return 2 << 3
+        return 0 if byte in _SIMPLE_ESCAPES else None
     if escape:
-        if byte not in _HEX:
-            return None
-        return (STRING, is_key | (((escape + 1) % 6) << 3), stack)
+        return ((escape + 1) % 6) << 3 if byte in _HEX else None
     if pending:
         nxt = _utf8_next(pending, byte)
-        return None if nxt < 0 else (STRING, is_key | nxt, stack)
+        return None if nxt < 0 else nxt
     if byte == 0x22:
-        return (COLON, 0, stack) if is_key else (AFTER_VALUE, 0, stack)
+        return STRING_CLOSED
     if byte == 0x5C:
-        return (STRING, is_key | (1 << 3), stack)
+        return 1 << 3
     if byte < 0x20:
         return None
     nxt = _utf8_next(0, byte)
-    return None if nxt < 0 else (STRING, is_key | nxt, stack)
+    return None if nxt < 0 else nxt
+
+
+def _string(aux: int, byte: int, stack: str) -> State | None:
+    is_key = aux & _KEY_FLAG
+    flags = _string_byte(aux & (_KEY_FLAG - 1), byte)
+    if flags is None:
+        return None
+    if flags == STRING_CLOSED:
+        return (COLON, 0, stack) if is_key else (AFTER_VALUE, 0, stack)
+    return (STRING, is_key | flags, stack)
 
 
 def step_state(state: State, byte: int, max_ws: int = DEFAULT_MAX_WHITESPACE) -> State | None:
@@ -188,6 +217,39 @@ def step_state(state: State, byte: int, max_ws: int = DEFAULT_MAX_WHITESPACE) ->
     return _start_value(byte, stack)  # VALUE, ARRAY_FIRST
 
 
+class Grammar(Protocol):
+    """What :class:`JsonTokenIndex` needs of a byte-level grammar (states must be hashable)."""
+
+    root: Hashable
+
+    def step(self, state: Any, byte: int, max_ws: int) -> Any | None:
+        """The state after one output byte, or None if nothing valid continues so."""
+
+    def is_done(self, state: Any) -> bool:
+        """Whether the output is complete (nothing more may follow)."""
+
+    def free_string_pending(self, state: Any) -> int | None:
+        """Inside a string that takes any text, the UTF-8 continuation bytes still due (else None)."""
+
+
+class PlainJson:
+    """RFC 8259 JSON with an object at the root: OpenAI's ``json_object`` mode."""
+
+    root: State = (ROOT, 0, "")
+
+    def step(self, state: State, byte: int, max_ws: int) -> State | None:
+        return step_state(state, byte, max_ws)
+
+    def is_done(self, state: State) -> bool:
+        return state[0] == DONE
+
+    def free_string_pending(self, state: State) -> int | None:
+        mode, aux, _ = state
+        if mode == STRING and not (aux >> 3) & 7:  # type: ignore[operator]
+            return aux & 7  # type: ignore[operator]
+        return None
+
+
 class _Trie:
     """A byte trie over token byte strings; node 0 is the root."""
 
@@ -217,6 +279,7 @@ class JsonTokenIndex:
     """
 
     def __init__(self, token_bytes: Sequence[bytes | None], max_whitespace: int = DEFAULT_MAX_WHITESPACE):
+        self.grammar: Grammar = PlainJson()
         self.vocab_size = len(token_bytes)
         self.words = (self.vocab_size + 31) // 32
         self.max_whitespace = max_whitespace
@@ -240,15 +303,26 @@ class JsonTokenIndex:
             else:
                 self.special_trie.insert(data, token_id)
         self.plain_string_masks = [int.from_bytes(m, "little") for m in plain]
-        # interned states and their memoised transitions / masks
-        self._state_ids: dict[State, int] = {}
-        self._states: list[State] = []
+        self._reset_states()
+
+    def _reset_states(self) -> None:
+        """Fresh interned-state tables (transitions and masks memoised per state) for the grammar."""
+        self._state_ids: dict[Any, int] = {}
+        self._states: list[Any] = []
         self._transitions: list[list[int]] = []
         self._masks: dict[int, int] = {}
-        self.root_state = self.intern((ROOT, 0, ""))
+        self.root_state = self.intern(self.grammar.root)
+
+    def with_grammar(self, grammar: Grammar) -> JsonTokenIndex:
+        """An index for another grammar over the same vocabulary: the tries are shared, the state
+        tables are its own."""
+        other = copy.copy(self)
+        other.grammar = grammar
+        other._reset_states()
+        return other
 
     # --- states -------------------------------------------------------------------------------
-    def intern(self, state: State) -> int:
+    def intern(self, state: Any) -> int:
         sid = self._state_ids.get(state)
         if sid is None:
             sid = len(self._states)
@@ -257,7 +331,7 @@ class JsonTokenIndex:
             self._transitions.append([_UNKNOWN] * 256)
         return sid
 
-    def state(self, sid: int) -> State:
+    def state(self, sid: int) -> Any:
         return self._states[sid]
 
     def advance(self, sid: int, byte: int) -> int:
@@ -265,7 +339,7 @@ class JsonTokenIndex:
         row = self._transitions[sid]
         nxt = row[byte]
         if nxt == _UNKNOWN:
-            state = step_state(self._states[sid], byte, self.max_whitespace)
+            state = self.grammar.step(self._states[sid], byte, self.max_whitespace)
             nxt = REJECT if state is None else self.intern(state)
             row[byte] = nxt
         return nxt
@@ -278,7 +352,7 @@ class JsonTokenIndex:
         return sid
 
     def is_done(self, sid: int) -> bool:
-        return self._states[sid][0] == DONE
+        return self.grammar.is_done(self._states[sid])
 
     # --- masks --------------------------------------------------------------------------------
     def allowed_mask(self, sid: int) -> int:
@@ -286,9 +360,9 @@ class JsonTokenIndex:
         mask = self._masks.get(sid)
         if mask is not None:
             return mask
-        mode, aux, _ = self._states[sid]
-        if mode == STRING and not (aux >> 3) & 7:  # type: ignore[operator]
-            mask = self.plain_string_masks[aux & 7] | self._walk(self.special_trie, sid)  # type: ignore[operator]
+        pending = self.grammar.free_string_pending(self._states[sid])
+        if pending is not None:
+            mask = self.plain_string_masks[pending] | self._walk(self.special_trie, sid)
         else:
             mask = self._walk(self.full_trie, sid)
         if len(self._masks) >= _MASK_MEMO_LIMIT:

@@ -9,14 +9,16 @@ pays only for its new turn. Pure Python.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+from webrt.conversation import conversation_from_messages
 from webrt.engine.config import ChatConfig, ModelRecord
 from webrt.engine.generation import RoundStats, log_softmax_entry
 from webrt.engine.json_grammar import JsonTokenIndex
+from webrt.engine.json_schema import SchemaGrammar
 from webrt.engine.model_runner import ModelRunner
 from webrt.engine.vocabulary import token_byte_table
-from webrt.conversation import conversation_from_messages
 from webrt.errors import ContextWindowSizeExceededError
 from webrt.tokenizer import Tokenizer
 
@@ -27,6 +29,9 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+SCHEMA_INDEXES_KEPT = 8  # compiled response schemas kept per model
 
 
 class LoadedModel:
@@ -49,6 +54,7 @@ class LoadedModel:
         self.stop_token_ids = frozenset(ids)
         self._token_bytes: list[bytes | None] | None = None
         self._json_index: JsonTokenIndex | None = None
+        self._schema_indexes: dict[str, JsonTokenIndex] = {}
 
     # --- prompts ------------------------------------------------------------------------------
     def _encode_pieces(self, pieces: list[str]) -> list[int]:
@@ -119,11 +125,20 @@ class LoadedModel:
             self._token_bytes = token_byte_table(self.tokenizer, self.chat_config.token_postproc_method, self.vocab_size)
         return self._token_bytes
 
-    def json_index(self) -> JsonTokenIndex:
-        """The JSON-mode token index, built on first use and kept."""
+    def json_index(self, schema: str | None = None) -> JsonTokenIndex:
+        """The JSON-mode token index, built on first use and kept; with ``schema`` (canonical JSON
+        text), the index of that schema's grammar over the same vocabulary tries (a few are kept)."""
         if self._json_index is None:
             self._json_index = JsonTokenIndex(self.token_bytes())
-        return self._json_index
+        if schema is None:
+            return self._json_index
+        index = self._schema_indexes.pop(schema, None)
+        if index is None:
+            index = self._json_index.with_grammar(SchemaGrammar(json.loads(schema)))
+        self._schema_indexes[schema] = index  # most recently used last
+        while len(self._schema_indexes) > SCHEMA_INDEXES_KEPT:
+            del self._schema_indexes[next(iter(self._schema_indexes))]
+        return index
 
     def describe_token(self, token_id: int) -> tuple[str, bytes]:
         """(text, bytes) of one token for logprobs; special tokens give their spelling."""

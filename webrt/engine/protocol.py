@@ -9,12 +9,14 @@ Pure Python.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from webrt.engine.json_schema import SchemaGrammar, schema_from_response_format
 from webrt.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20
@@ -101,6 +103,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     json_mode: bool = False
+    json_schema: str | None = None  # the schema as canonical JSON text (sorted keys), when one is given
     ignore_eos: bool = False
 
 
@@ -247,14 +250,16 @@ def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
     fmt = data.get("response_format")
     if fmt is not None:
         kind = fmt.get("type") if isinstance(fmt, Mapping) else None
-        if kind not in ("text", "json_object"):
+        if kind not in ("text", "json_object", "json_schema"):
             raise InvalidRequestError(
-                f"'response_format' must be {{'type': 'text'}} or {{'type': 'json_object'}}, got {fmt!r} "
-                "(JSON schemas and grammars are not supported yet)"
+                f"'response_format' must be {{'type': 'text'}}, {{'type': 'json_object'}} (optionally with "
+                f"'schema') or {{'type': 'json_schema', 'json_schema': {{'schema': ...}}}}, got {fmt!r}"
             )
-        if kind == "json_object" and (fmt.get("schema") is not None or fmt.get("json_schema") is not None):
-            raise InvalidRequestError("'response_format' with a JSON schema is not supported yet; use json_object alone.")
-        out.json_mode = kind == "json_object"
+        out.json_mode = kind != "text"
+        schema = schema_from_response_format(fmt) if out.json_mode else None
+        if schema is not None:
+            SchemaGrammar(schema)  # compile now: an unsupported schema fails the request up front
+            out.json_schema = json.dumps(schema, sort_keys=True)
     out.ignore_eos = _boolean(data, "ignore_eos")
     extra = data.get("extra_body")
     if extra is not None and not isinstance(extra, Mapping):
