@@ -239,6 +239,12 @@ def test_engine_output_follows_the_schema() -> None:
                 value = json.loads(choice.message.content)
                 assert validator.is_valid(value), choice.message.content
                 assert 2 <= len(value["items"]) <= 4
+        # keys come in the schema's order, not sorted: "zeta" before "alpha"
+        ordered = {"type": "object", "properties": {"zeta": {"type": "boolean"}, "alpha": {"type": "null"}},
+                   "required": ["zeta", "alpha"]}
+        reply = await engine.chat.completions.create(messages=user, seed=0, max_tokens=400, response_format={
+            "type": "json_schema", "json_schema": {"name": "ordered", "schema": ordered}})
+        assert list(json.loads(reply.choices[0].message.content)) == ["zeta", "alpha"]
         with pytest.raises(InvalidRequestError, match="pattern"):
             bad = {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}
             await engine.chat.completions.create(messages=user, response_format={"type": "json_object", "schema": bad})

@@ -260,7 +260,7 @@ class GGUFSource(WeightSource):
             cfg["sliding_window"] = int(window)
         rope_freqs = next((t for t in self._reader.tensors if t.name == "rope_freqs.weight"), None)
         if rope_freqs is not None:  # Llama-3.1/3.2: the scaling is stored as per-frequency divisors
-            divisors = np.asarray(gguf_dequantize(rope_freqs), dtype=np.float64)
+            divisors = gguf_dequantize(rope_freqs, self.path.name)
             cfg["rope_scaling"] = llama3_scaling_from_divisors(divisors, cfg["rope_theta"], cfg["head_dim"])
         return cfg
 

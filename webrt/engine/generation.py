@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from webrt.engine.config import ChatConfig
 from webrt.engine.json_grammar import JsonMatcher
+from webrt.engine.json_schema import SchemaGrammar
 from webrt.engine.protocol import GenerationRequest
 from webrt.engine.stop import StopStringMatcher
 from webrt.errors import InvalidRequestError, WebrtError
@@ -45,7 +46,7 @@ class GenerationConfig:
     logprobs: bool = False
     top_logprobs: int = 0
     json_mode: bool = False
-    json_schema: str | None = None
+    json_schema: SchemaGrammar | None = None
     ignore_eos: bool = False
 
     @property

@@ -68,6 +68,8 @@ class SchemaGrammar:
         if not isinstance(schema, Mapping):
             raise InvalidRequestError(f"a JSON schema must be an object, got {type(schema).__name__}")
         self._schema = schema
+        #: the schema's JSON text, keys in their given order (which is the order keys are produced)
+        self.key = json.dumps(schema, ensure_ascii=False)
         self._nodes: list[_Node] = []
         self._resolving: list[str] = []
         root = self._compile(schema, "#")

@@ -9,7 +9,6 @@ pays only for its new turn. Pure Python.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from webrt.conversation import conversation_from_messages
@@ -125,17 +124,17 @@ class LoadedModel:
             self._token_bytes = token_byte_table(self.tokenizer, self.chat_config.token_postproc_method, self.vocab_size)
         return self._token_bytes
 
-    def json_index(self, schema: str | None = None) -> JsonTokenIndex:
-        """The JSON-mode token index, built on first use and kept; with ``schema`` (canonical JSON
-        text), the index of that schema's grammar over the same vocabulary tries (a few are kept)."""
+    def json_index(self, schema: SchemaGrammar | None = None) -> JsonTokenIndex:
+        """The JSON-mode token index, built on first use and kept; with ``schema``, the index of
+        that grammar over the same vocabulary tries (kept for the last few schemas)."""
         if self._json_index is None:
             self._json_index = JsonTokenIndex(self.token_bytes())
         if schema is None:
             return self._json_index
-        index = self._schema_indexes.pop(schema, None)
+        index = self._schema_indexes.pop(schema.key, None)
         if index is None:
-            index = self._json_index.with_grammar(SchemaGrammar(json.loads(schema)))
-        self._schema_indexes[schema] = index  # most recently used last
+            index = self._json_index.with_grammar(schema)
+        self._schema_indexes[schema.key] = index  # most recently used last
         while len(self._schema_indexes) > SCHEMA_INDEXES_KEPT:
             del self._schema_indexes[next(iter(self._schema_indexes))]
         return index

@@ -9,7 +9,6 @@ Pure Python.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -103,7 +102,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     json_mode: bool = False
-    json_schema: str | None = None  # the schema as canonical JSON text (sorted keys), when one is given
+    json_schema: SchemaGrammar | None = None  # compiled from response_format's schema, when one is given
     ignore_eos: bool = False
 
 
@@ -257,9 +256,8 @@ def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
             )
         out.json_mode = kind != "text"
         schema = schema_from_response_format(fmt) if out.json_mode else None
-        if schema is not None:
-            SchemaGrammar(schema)  # compile now: an unsupported schema fails the request up front
-            out.json_schema = json.dumps(schema, sort_keys=True)
+        if schema is not None:  # compiled here: an unsupported schema fails the request up front
+            out.json_schema = SchemaGrammar(schema)
     out.ignore_eos = _boolean(data, "ignore_eos")
     extra = data.get("extra_body")
     if extra is not None and not isinstance(extra, Mapping):
