@@ -1,8 +1,8 @@
 """Test plumbing for webrt's Python runtime on Pyodide in headless Chromium.
 
-`PyodidePage` serves the repo's boot assets (`site/runtime/`), Pyodide (`node_modules/pyodide`),
+`PyodidePage` serves the repo's boot assets (`webrt/wasm/js/`), Pyodide (`node_modules/pyodide`),
 a zip of webrt's pure-Python packages built on the fly, and any extra folders (model artifacts),
-boots webrt in the page through `site/runtime/boot.js`, and runs Python snippets there with
+boots webrt in the page through `webrt/wasm/js/boot.js`, and runs Python snippets there with
 bounded timeouts::
 
     with PyodidePage(routes={"/model/": model_dir}) as page:
@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import browser_util
+from webrt.tools.paths import BOOT_DIR
 
 REPO_ROOT = browser_util.REPO_ROOT
 PYODIDE_DIR = REPO_ROOT / "node_modules" / "pyodide"
-RUNTIME_DIR = REPO_ROOT / "site" / "runtime"
+RUNTIME_DIR = BOOT_DIR
 BUNDLE_URL = "/webrt-bundle.zip"
 
 
@@ -51,9 +52,9 @@ def tiny_webgpu_artifacts() -> Any:
 
 def bundle_bytes() -> bytes:
     """The zip of webrt's pure-Python packages that the page unpacks into Pyodide."""
-    from webrt.wasm.bundle import build_bundle
+    from webrt.tools.bundle import build_bundle
 
-    return build_bundle(REPO_ROOT)
+    return build_bundle()
 
 
 def page_html(worker: bool = False) -> str:

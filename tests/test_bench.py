@@ -55,8 +55,8 @@ def test_bench_rejects_mismatched_arguments(capsys: pytest.CaptureFixture[str]) 
 def test_browser_bench_tvmjs_and_webrt_agree() -> None:
     if not pyodide_util.pyodide_available() or shutil.which("emcc") is None:
         pytest.skip("chromium, playwright, npm pyodide or emcc is missing")
-    from webrt.bench import report
-    from webrt.bench.browser_bench import BrowserModel, bench_model
+    from webrt.tools.bench import report
+    from webrt.tools.bench.browser_bench import BrowserModel, bench_model
 
     art = _tiny(("cpu", "webgpu"))
     result = bench_model(BrowserModel("tiny", art.model_dir, art.libs["webgpu"]), steps=4, warmup=1)

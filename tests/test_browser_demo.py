@@ -46,7 +46,7 @@ def test_serve_urls_headers_and_confinement() -> None:
 
     import model_factory
     from webrt.errors import ModelConfigError
-    from webrt.wasm.serve import ServedModel, demo_server
+    from webrt.tools.serve import ServedModel, demo_server
 
     if shutil.which("emcc") is None:
         pytest.skip("emcc is not installed (needed to build the webgpu library)")
@@ -76,7 +76,7 @@ def test_serve_urls_headers_and_confinement() -> None:
         status, _, body = get("/models/tiny/resolve/main/tensor-cache.json")
         assert status == 200 and json.loads(body)["records"]
         names = zipfile.ZipFile(BytesIO(get("/webrt-bundle.zip")[2])).namelist()
-        assert "webrt/wasm/loader.py" in names and "webrt/wasm/serve.py" not in names
+        assert "webrt/wasm/loader.py" in names and "webrt/tools/serve.py" not in names
         assert get("/runtime/boot.js")[1]["Content-Type"] == "text/javascript"
         assert get("/")[0] == 200 and get("/chat.js")[0] == 200 and get("/app.py")[0] == 200
         assert get("/models/tiny/resolve/main/../../../../etc/passwd")[0] == 404
@@ -89,7 +89,7 @@ def test_demo_loads_the_tiny_model_and_streams_a_reply(tmp_path: Path) -> None:
     if not pyodide_util.pyodide_available() or shutil.which("emcc") is None:
         pytest.skip("chromium, playwright, npm pyodide or emcc is missing")
     import model_factory
-    from webrt.wasm.serve import ServedModel, demo_server
+    from webrt.tools.serve import ServedModel, demo_server
 
     art = model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
     # the demo leaves max_tokens to the model: a context window of 256 bounds the reply

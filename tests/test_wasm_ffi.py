@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from webrt.wasm import ffi
-from webrt.wasm.bundle import build_bundle, bundle_files
+from webrt.tools.bundle import build_bundle, bundle_files
 from webrt.wasm.ffi import (
     ANY_SIZE,
     CPU,
@@ -213,19 +213,19 @@ def test_check_library_refusals() -> None:
 
 
 def test_bundle_holds_the_browser_packages_only() -> None:
-    names = set(zipfile.ZipFile(BytesIO(build_bundle(REPO))).namelist())
+    names = set(zipfile.ZipFile(BytesIO(build_bundle())).namelist())
     for must in ("webrt/__init__.py", "webrt/errors.py", "webrt/wasm/instance.py", "webrt/engine/model_runner.py",
                  "webrt/tokenizer/tokenizer.py", "webrt/conversation/__init__.py", "webrt/ndarray_cache/format.py"):
         assert must in names
-    assert not any(n.startswith(("webrt/compiler/", "webrt/native/", "webrt/models/")) for n in names)
-    assert build_bundle(REPO) == build_bundle(REPO)  # deterministic
+    assert not any(n.startswith(("webrt/compiler/", "webrt/native/", "webrt/models/", "webrt/tools/")) for n in names)
+    assert build_bundle() == build_bundle()  # deterministic
 
 
 def test_browser_modules_import_nothing_native() -> None:
     """webrt.wasm imports only the stdlib, webrt's pure modules, and (lazily) js / pyodide."""
     allowed_roots = {"__future__", "json", "struct", "time", "typing", "dataclasses", "functools", "collections",
                      "weakref", "io", "zipfile", "pathlib", "webrt", "js", "pyodide", "asyncio"}
-    for path in bundle_files(REPO):
+    for path in bundle_files():
         if not path.as_posix().endswith(".py") or "/wasm/" not in path.as_posix():
             continue
         tree = ast.parse(path.read_text())

@@ -123,7 +123,7 @@ def _serve(p: argparse.ArgumentParser) -> None:
 
     def run(a: argparse.Namespace) -> None:
         from webrt.errors import ModelConfigError
-        from webrt.wasm.serve import ServedModel, demo_server
+        from webrt.tools.serve import ServedModel, demo_server
 
         ids = a.model_id or []
         if len(a.model_lib) != len(a.model) or len(ids) > len(a.model):
@@ -145,7 +145,7 @@ def _serve(p: argparse.ArgumentParser) -> None:
 def _bench(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_kind", required=True)
     for kind, lib_help in (("browser", "its WebGPU library (.wasm)"), ("native", "its CPU library (.so)")):
-        q = sub.add_parser(kind, help=f"{kind} benchmark (see webrt.bench)")
+        q = sub.add_parser(kind, help=f"{kind} benchmark (see webrt.tools.bench)")
         q.add_argument("--model", action="append", required=True, help="model folder (repeat for several)")
         q.add_argument("--model-lib", action="append", required=True, help=f"{lib_help}, one per --model")
         q.add_argument("--label", action="append", help="row label, one per --model (default: folder name)")
@@ -165,11 +165,11 @@ def _bench(p: argparse.ArgumentParser) -> None:
         import json
         from pathlib import Path
 
-        from webrt.bench import report
+        from webrt.tools.bench import report
         from webrt.errors import ModelConfigError
 
         if a.bench_kind == "tokenizer":
-            from webrt.bench.tokenizer_bench import run_cpython, run_pyodide, table
+            from webrt.tools.bench.tokenizer_bench import run_cpython, run_pyodide, table
 
             files, corpus = [Path(t) for t in a.tokenizers], Path(a.corpus)
             version, in_pyodide = run_pyodide(files, corpus, Path(a.pyodide))
@@ -182,7 +182,7 @@ def _bench(p: argparse.ArgumentParser) -> None:
             raise ModelConfigError("give one --model-lib (and at most one --label) per --model")
         names = [labels[i] if i < len(labels) else Path(m).name for i, m in enumerate(a.model)]
         if a.bench_kind == "browser":
-            from webrt.bench.browser_bench import BrowserModel, bench_model
+            from webrt.tools.bench.browser_bench import BrowserModel, bench_model
 
             results = [bench_model(BrowserModel(n, Path(m), Path(lib)), a.steps, a.warmup, a.prompt_len,
                                    log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -192,7 +192,7 @@ def _bench(p: argparse.ArgumentParser) -> None:
                                   report.sampling_table(results)) if part
             )
         else:
-            from webrt.bench.native_bench import NativeModel, bench_transformers, bench_webrt_cpu
+            from webrt.tools.bench.native_bench import NativeModel, bench_transformers, bench_webrt_cpu
 
             results = [bench_webrt_cpu(NativeModel(n, Path(m), Path(lib)), a.steps, a.warmup, a.prompt_len)
                        for n, m, lib in zip(names, a.model, a.model_lib)]

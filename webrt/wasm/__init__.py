@@ -13,10 +13,10 @@ Modules (all importable on CPython too; only calls into the browser need `js` / 
 - `backend`: `WasmBackend`, the engine's `Backend` for the browser.
 - `loader`: `WebGPUModelLoader`, the engine's `ModelLoader` for the browser (files through the
   cache in `webrt.ndarray_cache`, device with the record's features, saved kernel list).
-- `bundle`: (CPython side) the zip of webrt's pure-Python packages that the page unpacks.
-- `serve`: (CPython side) the HTTP server of ``webrt serve`` (demo page, runtime, models).
+- `js/`: ``boot.js`` and ``worker.js``, the page-side scripts that start Pyodide and unpack
+  webrt's browser bundle (served at ``/runtime/`` by ``webrt serve``).
 
-Boot sequence in a page (site/runtime/boot.js, main thread or module worker)::
+Boot sequence in a page (js/boot.js, main thread or module worker)::
 
     loadPyodide({indexURL}) ; fetch webrt bundle zip ; pyodide.unpackArchive(zip) ; sys.path += dir
     # then, from Python (top-level await / an asyncio task):

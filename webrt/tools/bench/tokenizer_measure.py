@@ -1,6 +1,6 @@
 """Encode/decode speed of webrt's tokenizer on the test corpus.
 
-    python -m webrt.tokenizer.bench path/to/tokenizer.json [more.json ...] [--corpus FILE]
+    python -m webrt.tools.bench.tokenizer_measure path/to/tokenizer.json [more.json ...] [--corpus FILE]
 
 Prints load time; encode speed (tokens/s, chars/s) line by line from an empty cache ("cold") and
 again ("warm"), and of the whole text as one string; decode and streaming-detokenizer speed.

@@ -1,6 +1,6 @@
 """The pure-Python tokenizer's speed under CPython and under Pyodide (Node), side by side.
 
-Both run :func:`webrt.tokenizer.bench.measure` on the same files and corpus; Pyodide is npm
+Both run :func:`webrt.tools.bench.tokenizer_measure.measure` on the same files and corpus; Pyodide is npm
 ``pyodide`` (the browser's Python 3.14, without a browser around it) with the repository and
 the files mounted read-only through Node's file system.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from webrt.errors import ToolchainError
-from webrt.tokenizer.bench import corpus_lines, measure
+from webrt.tools.bench.tokenizer_measure import corpus_lines, measure
+from webrt.tools.paths import PACKAGE_DIR
 
-REPO = Path(__file__).resolve().parents[2]
 
 _NODE_SCRIPT = r"""
 import { loadPyodide } from "%(pyodide)s";
@@ -29,7 +29,7 @@ for (const [dir, root] of %(mounts)s) {
 const out = py.runPython(`
 import json, sys
 sys.path.insert(0, "/repo")
-from webrt.tokenizer.bench import corpus_lines, measure
+from webrt.tools.bench.tokenizer_measure import corpus_lines, measure
 lines = corpus_lines("/corpus/%(corpus)s")
 json.dumps({"python": sys.version.split()[0], "results": [measure(p, lines) for p in %(paths)s]})
 `);
@@ -57,7 +57,7 @@ def run_pyodide(tokenizers: list[Path], corpus: Path, pyodide: Path) -> tuple[st
         raise ToolchainError("node is not installed; `apt-get install nodejs`")
     if not pyodide.is_file():
         raise ToolchainError(f"{pyodide} is missing; run `npm ci` in the repository")
-    mounts = [["/repo", str(REPO)], ["/corpus", str(corpus.resolve().parent)]]
+    mounts = [["/repo", str(PACKAGE_DIR.parent)], ["/corpus", str(corpus.resolve().parent)]]
     paths = []
     for i, path in enumerate(tokenizers):
         mounts.append([f"/tok{i}", str(path.resolve().parent)])

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webrt.bench.browser import Page, chromium_page
 from webrt.errors import ToolchainError
-from webrt.wasm.serve import ArtifactServer, ServedModel, repo_root
+from webrt.tools.chromium import Page, chromium_page
+from webrt.tools.paths import BOOT_DIR, find_node_package
+from webrt.tools.serve import ArtifactServer, ServedModel, model_file_routes
 
 BENCH_DIR = Path(__file__).resolve().parent
 JS_PAGE = ("<!doctype html><meta charset='utf-8'><title>tvmjs bench</title>"
@@ -44,20 +45,18 @@ class BrowserModel:
 
 
 def _server(models: list[BrowserModel]) -> ArtifactServer:
-    from webrt.wasm.bundle import build_bundle
+    from webrt.tools.bundle import build_bundle
 
-    root = repo_root()
-    tvmjs = root / "node_modules" / "@mlc-ai" / "web-runtime" / "lib"
-    pyodide = root / "node_modules" / "pyodide"
+    tvmjs = find_node_package("@mlc-ai/web-runtime") / "lib"
+    pyodide = find_node_package("pyodide")
     for path, what in ((tvmjs / "index.js", "npm @mlc-ai/web-runtime"), (pyodide / "pyodide.mjs", "npm pyodide")):
         if not path.is_file():
             raise ToolchainError(f"{path} is missing: run `npm ci` in the webrt checkout ({what}).")
-    routes: dict[str, Path] = {"/tvmjs/": tvmjs, "/pyodide/": pyodide, "/runtime/": root / "site" / "runtime",
-                               "/bench/": BENCH_DIR}
-    for m in models:
-        routes.update(ServedModel(m.model_dir, m.wasm, m.slug).routes())
-    files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/webrt-bundle.zip": build_bundle(root)}
-    return ArtifactServer(routes, files, isolation=False)
+    routes: dict[str, Path] = {"/tvmjs/": tvmjs, "/pyodide/": pyodide, "/runtime/": BOOT_DIR, "/bench/": BENCH_DIR}
+    file_routes = model_file_routes([ServedModel(m.model_dir, m.wasm, m.slug) for m in models])
+    files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/webrt-bundle.zip": build_bundle()}
+    # the benchmark's own pages use inline scripts: no CSP, and no isolation (as WebLLM's pages)
+    return ArtifactServer(routes, files, file_routes, isolation=False, csp=None)
 
 
 def _options(model: BrowserModel, server: ArtifactServer, steps: int, warmup: int, prompt_len: int) -> dict[str, Any]:
