@@ -15,9 +15,7 @@ CHECKOUT_DIR: Path | None = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproje
 
 
 def default_site_dir() -> Path:
-    """The chat demo: ``site/`` of a checkout, else the copy installed with the wheel."""
-    if CHECKOUT_DIR is not None and (CHECKOUT_DIR / "site" / "index.html").is_file():
-        return CHECKOUT_DIR / "site"
+    """The chat demo: ``webrt/site``, a link to the checkout's ``site/`` that a wheel carries as files."""
     return PACKAGE_DIR / "site"
 
 
