@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import browser_util
-from webrt.tools.paths import BOOT_DIR
+from webrt.tools.chromium import Page
+from webrt.tools.paths import BOOT_DIR, find_node_package
 
-REPO_ROOT = browser_util.REPO_ROOT
-PYODIDE_DIR = REPO_ROOT / "node_modules" / "pyodide"
+PYODIDE_DIR = find_node_package("pyodide")
 RUNTIME_DIR = BOOT_DIR
 BUNDLE_URL = "/webrt-bundle.zip"
 
@@ -79,7 +79,7 @@ class PyodidePage:
         self.worker = worker
         self.boot_timeout_s = boot_timeout_s
         self._stack = contextlib.ExitStack()
-        self.browser: browser_util.BrowserSession | None = None
+        self.browser: Page | None = None
         self.server: browser_util.StaticServer | None = None
 
     def __enter__(self) -> PyodidePage:

@@ -202,7 +202,7 @@ def _folder_file(root: Path, rel: str) -> Path | None:
     return target
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class ArtifactHandler(http.server.BaseHTTPRequestHandler):
     """GET and HEAD of in-memory files, exact file routes, then folder routes; nothing else."""
 
     server_version = "webrt"
@@ -242,7 +242,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         ctype = MIME[".html"] if url_path.endswith("/") else self.content_type(url_path)
         if isinstance(found, bytes):
-            self._send_headers(ctype, len(found))
+            self.send_ok_headers(ctype, len(found))
             if send_body:
                 self.wfile.write(found)
             return
@@ -252,11 +252,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.NOT_FOUND)
             return
         with stream:
-            self._send_headers(ctype, Path(found).stat().st_size)
+            self.send_ok_headers(ctype, Path(found).stat().st_size)
             if send_body:
                 shutil.copyfileobj(stream, self.wfile, 1 << 20)
 
-    def _send_headers(self, ctype: str, length: int) -> None:
+    def send_ok_headers(self, ctype: str, length: int) -> None:
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(length))
@@ -292,7 +292,7 @@ class ArtifactServer:
     for none: only for internal pages with inline scripts, such as the benchmark's).
     """
 
-    handler_class: type[_Handler] = _Handler
+    handler_class: type[ArtifactHandler] = ArtifactHandler
 
     def __init__(self, routes: Mapping[str, Path] | None = None, files: Mapping[str, bytes | str] | None = None,
                  file_routes: Mapping[str, Path] | None = None, port: int = 0, isolation: bool = True,
