@@ -137,8 +137,15 @@ def test_serve_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     import sys
     import urllib.request
 
+    import shutil
+
     repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
+    source = tmp_path / "source"  # a copy: an in-tree build would leave build/ in the checkout
+    for name in ("site", "webrt"):
+        shutil.copytree(repo / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(repo / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
     wheel = next((tmp_path / "wheel").glob("webrt-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site-packages"),
