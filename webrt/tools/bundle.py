@@ -18,6 +18,7 @@ from webrt.tools.paths import PACKAGE_DIR
 BROWSER_PARTS: tuple[str, ...] = (
     "webrt/__init__.py",
     "webrt/errors.py",
+    "webrt/chat_config.py",
     "webrt/wasm",
     "webrt/engine",
     "webrt/tokenizer",
