@@ -83,3 +83,42 @@ def test_tokenizer_bench_runs_under_cpython_and_pyodide(capsys: pytest.CaptureFi
                  "--pyodide", str(repo / "node_modules/pyodide/pyodide.mjs")]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tokenizer-llama2 |")]
     assert [row.split("|")[2].split()[0] for row in rows] == ["CPython", "Pyodide"]
+
+
+def test_quality_bench_scores_builds_against_transformers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """q0f32 is the reference model itself (same perplexity, KL ~0); q4f32_1 measurably is not."""
+    import model_factory
+
+    exact, quantized = model_factory.tiny_artifacts("llama2"), model_factory.tiny_artifacts("llama2", "q4f32_1")
+    text = tmp_path / "text.txt"
+    text.write_text("Paris is the capital of France. The quick brown fox jumps over the lazy dog. " * 3)
+    out = tmp_path / "quality.json"
+    rc = main(["bench", "quality", "--reference", str(exact.hf_dir), "--text", str(text), "--max-tokens", "48",
+               "--model", str(exact.model_dir), "--model-lib", str(exact.libs["cpu"]), "--label", "q0",
+               "--model", str(quantized.model_dir), "--model-lib", str(quantized.libs["cpu"]), "--label", "q4",
+               "--json", str(out)])
+    assert rc == 0
+    assert "| q0 | q0f32 | 47 |" in capsys.readouterr().out
+    q0, q4 = json.loads(out.read_text())
+    assert abs(q0["ppl_delta_pct"]) < 0.01 and q0["mean_kl"] < 1e-6 and q0["top1_agreement"] == 1.0
+    assert q4["mean_kl"] > 100 * max(q0["mean_kl"], 1e-9)
+
+
+def test_quality_metrics_match_torch() -> None:
+    """compare(): perplexity and KL(reference || library) as torch computes them."""
+    import numpy as np
+    import torch
+
+    from webrt.tools.bench.quality import compare, log_softmax
+
+    rng = np.random.default_rng(0)
+    ref_logits, lib_logits = rng.normal(size=(20, 50)) * 3, rng.normal(size=(20, 50)) * 3
+    ids = [int(i) for i in rng.integers(0, 50, size=21)]
+    got = compare(log_softmax(ref_logits), log_softmax(lib_logits), ids)
+    ref_t, lib_t = torch.tensor(ref_logits).log_softmax(-1), torch.tensor(lib_logits).log_softmax(-1)
+    kl = torch.nn.functional.kl_div(lib_t, ref_t, log_target=True, reduction="batchmean")
+    targets = torch.tensor(ids[1:])
+    assert abs(got["mean_kl"] - float(kl)) < 1e-9
+    assert abs(got["ppl"] - float(torch.nn.functional.cross_entropy(lib_t, targets).exp())) < 1e-9
+    assert abs(got["reference_ppl"] - float(torch.nn.functional.cross_entropy(ref_t, targets).exp())) < 1e-9
+    assert got["top1_agreement"] == float((ref_t.argmax(-1) == lib_t.argmax(-1)).double().mean())

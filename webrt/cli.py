@@ -141,7 +141,7 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("bench", "benchmark webrt against TVM's JS runtime (browser) and HF transformers (native)")
+@command("bench", "benchmarks: speed beside TVM's JS runtime (browser) and HF transformers (native), quality against the reference model, tokenizer speed")
 def _bench(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_kind", required=True)
     for kind, lib_help in (("browser", "its WebGPU library (.wasm)"), ("native", "its CPU library (.so)")):
@@ -156,6 +156,15 @@ def _bench(p: argparse.ArgumentParser) -> None:
         if kind == "native":
             q.add_argument("--hf-gguf", help="a GGUF for the HF transformers row (fp32)")
             q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
+    q = sub.add_parser("quality", help="perplexity and KL of CPU libraries against the reference model")
+    q.add_argument("--model", action="append", required=True, help="model folder (repeat for several)")
+    q.add_argument("--model-lib", action="append", required=True, help="its CPU library (.so), one per --model")
+    q.add_argument("--label", action="append", help="row label, one per --model (default: folder name)")
+    q.add_argument("--reference", required=True, help="the source the models were built from (HF folder or .gguf)")
+    q.add_argument("--text", required=True, help="a UTF-8 text file, teacher-forced through every model")
+    q.add_argument("--max-tokens", type=int, default=512, help="tokens of the text to use")
+    q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
+    q.add_argument("--json", help="also write the raw results here")
     q = sub.add_parser("tokenizer", help="pure-Python tokenizer speed, CPython and Pyodide")
     q.add_argument("tokenizers", nargs="+", help="tokenizer.json files")
     q.add_argument("--corpus", default="tests/data/tokenizer_corpus.txt", help="text, one sample a line")
@@ -181,7 +190,16 @@ def _bench(p: argparse.ArgumentParser) -> None:
         if len(a.model_lib) != len(a.model) or len(labels) > len(a.model):
             raise ModelConfigError("give one --model-lib (and at most one --label) per --model")
         names = [labels[i] if i < len(labels) else Path(m).name for i, m in enumerate(a.model)]
-        if a.bench_kind == "browser":
+        if a.bench_kind == "quality":
+            from webrt.tools.bench.quality import QualityModel, bench_quality
+
+            text_path = Path(a.text)
+            if not text_path.is_file():
+                raise ModelConfigError(f"--text {text_path} is not a file; give a UTF-8 text to score.")
+            results = bench_quality([QualityModel(n, Path(m), Path(lib)) for n, m, lib in zip(names, a.model, a.model_lib)],
+                                    Path(a.reference), text_path.read_text(encoding="utf-8"), a.max_tokens, a.threads)
+            text = report.quality_table(results)
+        elif a.bench_kind == "browser":
             from webrt.tools.bench.browser_bench import BrowserModel, bench_model
 
             results = [bench_model(BrowserModel(n, Path(m), Path(lib)), a.steps, a.warmup, a.prompt_len,
