@@ -1,7 +1,7 @@
 """webrt's Python runtime (webrt.wasm) on Pyodide in headless Chromium, against the native CPU library.
 
 The tiny random Llama (q0f32) is compiled for webgpu and cpu (`model_factory.tiny_artifacts`).
-In a module worker, `WasmBackend` + the unchanged `ModelRunner` prefill a prompt and greedily
+In a module worker, the browser loader's `WasmBackend` + the unchanged `ModelRunner` prefill a prompt and greedily
 decode 8 tokens through the paged KV cache, inside an asyncio task (the engine's context, where
 `download` blocks with JSPI). The same steps run natively with `NativeBackend`.
 
@@ -37,7 +37,7 @@ def artifacts() -> Any:
 
 
 def _routes(art: Any) -> dict[str, Path]:
-    return {"/model/": art.model_dir, "/lib/": art.libs["webgpu"].parent}
+    return {"/models/tiny/resolve/main/": art.model_dir, "/lib/": art.libs["webgpu"].parent}
 
 
 def native_reference(art: Any) -> dict[str, Any]:
@@ -62,15 +62,17 @@ def native_reference(art: Any) -> dict[str, Any]:
 BROWSER_RUN = r"""
 import asyncio, json, struct, time
 import js
+from webrt.engine.config import ModelRecord
 from webrt.engine.model_runner import ModelRunner, WindowConfig
-from webrt.wasm.backend import WasmBackend
-from webrt.wasm.runtime import Runtime
+from webrt.wasm.loader import WebGPUModelLoader
 
 PROMPT = %(prompt)s
 STEPS = %(steps)d
+RECORD = ModelRecord(model="/models/tiny", model_id="tiny", model_lib="/lib/%(lib)s")
 progress = []
-backend = await WasmBackend.load("/lib/%(lib)s", "/model/", progress=progress.append)
-cfg = json.loads(await (await js.fetch("/model/mlc-chat-config.json")).text())
+loader = WebGPUModelLoader(use_kernel_list=False)
+cfg = json.loads(await loader.read_text(RECORD, "mlc-chat-config.json"))
+backend = await loader.load(RECORD, cfg, lambda r: progress.append({"progress": r.progress, "text": r.text}))
 window = WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"], cfg["attention_sink_size"],
                       cfg["prefill_chunk_size"])
 
@@ -146,13 +148,14 @@ result["launched"] = rt.launched_kernels()
 result["n_kernels"] = len(rt.kernel_infos())
 
 # A second instance, on a new device, that creates only the kernels the first one launched
-from webrt.wasm.webgpu import request_device
-rt2 = await Runtime.load(await (await js.fetch("/lib/%(lib)s")).arrayBuffer(), await request_device())
-await rt2.load_pipelines(result["launched"])
-from webrt.wasm.weights import load_params
-backend2 = WasmBackend(rt2, await load_params(rt2, "/model/", rt2.param_names))
+# (the list the first backend saved in the cache)
+result["saved"] = await backend.saved()
+loader2 = WebGPUModelLoader()
+backend2 = await loader2.load(RECORD, cfg, None)
+rt2 = backend2.runtime
 again = await asyncio.create_task(generate(backend2))
 result["used_only"] = {"pipelines_s": rt2.timings["pipelines_s"], "n": rt2.timings["pipelines_n"],
+                       "kernel_list": loader2.last_load["kernel_list"], "new_device": rt2.gpu is not rt.gpu,
                        "tokens": again["tokens"], "lazily": list(backend2.stats.kernels_created_lazily)}
 result
 """
@@ -212,7 +215,9 @@ def test_tiny_model_matches_native_cpu(artifacts: Any, browser_run: dict[str, An
     print(f"\nmax |browser - cpu| logit difference over {DECODE_STEPS + 1} steps: {worst:.3g}")
     # on-device argmax (4 bytes back) equals the argmax of the downloaded logits
     assert got["tokens"] == got["host_argmax"]
-    # the same tokens from a second instance that created only the launched kernels
+    # the same tokens from a second instance, on a new device, that created only the launched kernels
+    assert got["used_only"]["kernel_list"] is True and got["used_only"]["new_device"] is True
+    assert got["saved"] == sorted(got["launched"]) and got["used_only"]["n"] == len(got["launched"])
     assert got["used_only"]["tokens"] == got["tokens"]
     assert got["used_only"]["lazily"] == []
 

@@ -1,4 +1,4 @@
-"""The pure-Python parts of the browser cache: WebLLM's URL rules and the shard verifier."""
+"""The pure-Python parts of the browser cache: WebLLM's URL rules, the shard verifier, the index checks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import hashlib
 import pytest
 
 from webrt.engine.config import ModelRecord
-from webrt.errors import CacheIntegrityError
+from webrt.errors import CacheIntegrityError, WeightFileError
 from webrt.ndarray_cache.cache_helpers import library_url, model_base_url
+from webrt.ndarray_cache.format import ShardRecord, TensorCacheIndex, TensorRecord
 from webrt.ndarray_cache.urls import absolute_url, clean_model_url, join_url
 from webrt.ndarray_cache.verify import ShardVerifier
 
@@ -74,3 +75,29 @@ def test_verifier_without_md5_checks_the_size() -> None:
         verifier.finish()
     with pytest.raises(ValueError):
         ShardVerifier("s", "u", 10, "00").update_length(1)
+
+
+def test_tensor_records_are_checked_against_shape_and_dtype() -> None:
+    TensorRecord("w", (2, 3), "float32", "raw", 24, 0).check()
+    TensorRecord("b", (4,), "float32", "f32-to-bf16", 8, 0).check()
+    for bad, needle in [
+        (TensorRecord("w", (2, 3), "float32", "raw", 20, 0), "24 expected"),
+        (TensorRecord("w", (2,), "e4m3", "raw", 2, 0), "unsupported dtype"),
+        (TensorRecord("w", (-1,), "int8", "raw", 0, 0), "negative dimension"),
+        (TensorRecord("w", (4,), "float32", "f32-to-bf16", 16, 0), "f32-to-bf16"),
+    ]:
+        with pytest.raises(WeightFileError, match=needle):
+            bad.check()
+
+
+def test_index_checks_a_librarys_params_and_picks_its_shards() -> None:
+    a = TensorRecord("a", (2,), "float32", "raw", 8, 0)
+    b = TensorRecord("b", (1,), "int32", "raw", 4, 0)
+    index = TensorCacheIndex({}, (ShardRecord("s0.bin", 8, None, (a,)), ShardRecord("s1.bin", 4, None, (b,))))
+    assert [s.data_path for s in index.shards_holding(["b"])] == ["s1.bin"]
+    assert [s.data_path for s in index.shards_holding(["a", "b"])] == ["s0.bin", "s1.bin"]
+    index.check_params(["a"], [{"name": "a", "shape": [2], "dtype": "float32"}], "here")
+    with pytest.raises(WeightFileError, match="here lacks 1 parameter"):
+        index.check_params(["a", "c"], [], "here")
+    with pytest.raises(WeightFileError, match="re-run convert_weight"):
+        index.check_params(["a"], [{"name": "a", "shape": [3], "dtype": "float32"}], "here")

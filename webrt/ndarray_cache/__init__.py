@@ -1,8 +1,10 @@
-"""MLC's tensor cache: the format (CPython and Pyodide) and, in the browser, fetching and caching it.
+"""MLC's tensor cache (CPython and Pyodide) and the browser's fetch-through cache of model files.
 
-- `format`, `writer`: ``tensor-cache.json`` + ``params_shard_N.bin`` (read / write).
+- `format`, `writer`: ``tensor-cache.json`` + ``params_shard_N.bin`` (read / write); every check
+  of an index, its records and a library's parameters against it lives in `format`.
 - `urls`: WebLLM's model-URL rule and the cache scope names; `verify`: size + md5 of a download.
 - Pyodide only: `store` (Cache Storage / IndexedDB), `fetch` (verified streaming downloads),
-  `artifact_cache` (fetch-through caches, parallel shard downloads, progress), `cache_helpers`
-  (WebLLM's ``has_model_in_cache`` / ``delete_*_in_cache``).
+  `artifact_cache` (the one place weights, libraries and configs are fetched and cached: the
+  index, parallel shard downloads, progress), `cache_helpers` (WebLLM's ``has_model_in_cache`` /
+  ``delete_*_in_cache``).
 """

@@ -26,7 +26,7 @@ from typing import Any
 
 from webrt.errors import FetchError, WeightFileError
 from webrt.ndarray_cache.fetch import fetch_optional_text, fetch_verified
-from webrt.ndarray_cache.format import INDEX_NAME, LEGACY_INDEX_NAME, ShardRecord, TensorCacheIndex
+from webrt.ndarray_cache.format import INDEX_NAME, INDEX_NAMES, LEGACY_INDEX_NAME, ShardRecord, TensorCacheIndex
 from webrt.ndarray_cache.store import ArtifactStore, get_text, open_store
 from webrt.ndarray_cache.urls import CONFIG_SCOPE, KERNELS_SCOPE, MODEL_SCOPE, WASM_SCOPE, join_url
 
@@ -94,15 +94,22 @@ class ArtifactCache:
         return data
 
     # --- the tensor cache -------------------------------------------------------------------------
-    async def fetch_index(self, base_url: str) -> TensorCacheIndex:
-        """``tensor-cache.json`` (else ``ndarray-cache.json``) under ``base_url``, cached."""
-        for name in (INDEX_NAME, LEGACY_INDEX_NAME):  # cached under either name?
+    async def cached_index(self, base_url: str) -> TensorCacheIndex | None:
+        """The index under ``base_url`` if the cache holds it (under either name), else None."""
+        for name in INDEX_NAMES:
             url = join_url(base_url, name)
             text = await get_text(self.model, url)
             if text is not None:
                 self.stats.cached.append(url)
                 return TensorCacheIndex.loads(text, name)
-        for name in (INDEX_NAME, LEGACY_INDEX_NAME):
+        return None
+
+    async def fetch_index(self, base_url: str) -> TensorCacheIndex:
+        """``tensor-cache.json`` (else ``ndarray-cache.json``) under ``base_url``, cached."""
+        index = await self.cached_index(base_url)
+        if index is not None:
+            return index
+        for name in INDEX_NAMES:
             url = join_url(base_url, name)
             text = await fetch_optional_text(url)
             if text is None:

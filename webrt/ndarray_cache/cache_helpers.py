@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from webrt.ndarray_cache.artifact_cache import ArtifactCache
-from webrt.ndarray_cache.format import INDEX_NAME, LEGACY_INDEX_NAME, TensorCacheIndex
-from webrt.ndarray_cache.store import get_text
+from webrt.ndarray_cache.format import INDEX_NAMES
 from webrt.ndarray_cache.urls import CHAT_CONFIG_FILE, TOKENIZER_FILES, absolute_url, clean_model_url, join_url
 
 
@@ -38,20 +37,12 @@ def _record(model_id: str, app_config: Any) -> Any:
     return app_config.find(model_id), app_config.cache_backend
 
 
-async def _cached_index(cache: ArtifactCache, base: str) -> TensorCacheIndex | None:
-    for name in (INDEX_NAME, LEGACY_INDEX_NAME):
-        text = await get_text(cache.model, join_url(base, name))
-        if text is not None:
-            return TensorCacheIndex.loads(text, name)
-    return None
-
-
 async def has_model_in_cache(model_id: str, app_config: Any) -> bool:
     """Whether the weights of ``model_id`` (index and every shard) are in the cache."""
     record, backend = _record(model_id, app_config)
     cache = ArtifactCache(backend)
     base = model_base_url(record)
-    index = await _cached_index(cache, base)
+    index = await cache.cached_index(base)
     return index is not None and await cache.has_shards(base, index.shards)
 
 
@@ -60,11 +51,11 @@ async def delete_model_in_cache(model_id: str, app_config: Any) -> None:
     record, backend = _record(model_id, app_config)
     cache = ArtifactCache(backend)
     base = model_base_url(record)
-    index = await _cached_index(cache, base)
+    index = await cache.cached_index(base)
     if index is not None:
         for shard in index.shards:
             await cache.model.delete(join_url(base, shard.data_path))
-    for name in (INDEX_NAME, LEGACY_INDEX_NAME, *TOKENIZER_FILES):
+    for name in (*INDEX_NAMES, *TOKENIZER_FILES):
         await cache.model.delete(join_url(base, name))
 
 

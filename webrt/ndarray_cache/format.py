@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from webrt.errors import WeightFileError
 
@@ -44,6 +44,23 @@ class TensorRecord:
             "name": self.name, "shape": list(self.shape), "dtype": self.dtype, "format": self.format,
             "nbytes": self.nbytes, "byteOffset": self.byte_offset,
         }
+
+    def check(self) -> None:
+        """Raise WeightFileError unless the dtype is known and ``nbytes`` fits shape and format."""
+        if self.dtype not in DTYPE_BYTES:
+            raise WeightFileError(f"{self.name}: unsupported dtype {self.dtype}")
+        count = 1
+        for d in self.shape:
+            if d < 0:
+                raise WeightFileError(f"{self.name}: negative dimension in {self.shape}")
+            count *= d
+        want = count * DTYPE_BYTES[self.dtype]
+        if self.format == "f32-to-bf16":
+            if self.dtype != "float32" or self.nbytes != count * 2:
+                raise WeightFileError(f"{self.name}: f32-to-bf16 record of {self.nbytes} bytes for {self.shape}")
+        elif self.nbytes != want:
+            raise WeightFileError(f"{self.name}: {self.nbytes} bytes recorded for {self.shape} {self.dtype} "
+                                  f"({want} expected)")
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,26 @@ class TensorCacheIndex:
     def tensors(self) -> dict[str, tuple[ShardRecord, TensorRecord]]:
         """Every tensor by name, with the shard holding it."""
         return {t.name: (s, t) for s in self.shards for t in s.records}
+
+    def shards_holding(self, names: Sequence[str]) -> list[ShardRecord]:
+        """The shards that hold at least one of the tensors ``names``, in index order."""
+        wanted = set(names)
+        return [s for s in self.shards if any(t.name in wanted for t in s.records)]
+
+    def check_params(self, names: Sequence[str], expected: Sequence[dict[str, Any]], where: str) -> None:
+        """Raise WeightFileError unless every parameter ``names`` is here, with the ``expected``
+        ``{name, shape, dtype}`` (a library's ``params`` metadata)."""
+        located = self.tensors()
+        missing = [n for n in names if n not in located]
+        if missing:
+            raise WeightFileError(f"{where} lacks {len(missing)} parameter(s) the library needs (e.g. {missing[0]}); "
+                                  "the weights and the library come from different models or quantizations.")
+        for p in expected:
+            rec = located[p["name"]][1]
+            if list(rec.shape) != list(p["shape"]) or rec.dtype != p["dtype"]:
+                raise WeightFileError(f"{p['name']} is {list(rec.shape)} {rec.dtype} in the weights but the library "
+                                      f"expects {p['shape']} {p['dtype']}; re-run convert_weight with the library's "
+                                      "quantization.")
 
     def to_json(self) -> dict[str, Any]:
         return {"metadata": self.metadata, "records": [s.to_json() for s in self.shards]}

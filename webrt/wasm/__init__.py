@@ -9,7 +9,7 @@ Modules (all importable on CPython too; only calls into the browser need `js` / 
 - `instance`: instantiating the .wasm, calls both ways, errors and traps.
 - `webgpu`: adapter/device, feature checks, TVM's WebGPU device API, kernels and launches.
 - `runtime`: the relax VM on WebGPU, pipeline creation with progress.
-- `weights`: tensor-cache fetch and upload to the GPU (separate steps).
+- `weights`: tensor-cache records from fetched shards (JS buffers) onto the GPU.
 - `backend`: `WasmBackend`, the engine's `Backend` for the browser.
 - `loader`: `WebGPUModelLoader`, the engine's `ModelLoader` for the browser (files through the
   cache in `webrt.ndarray_cache`, device with the record's features, saved kernel list).
@@ -20,7 +20,7 @@ Boot sequence in a page (js/boot.js, main thread or module worker)::
 
     loadPyodide({indexURL}) ; fetch webrt bundle zip ; pyodide.unpackArchive(zip) ; sys.path += dir
     # then, from Python (top-level await / an asyncio task):
-    gpu = await webrt.wasm.webgpu.request_device()
-    backend = await WasmBackend.load(wasm_url, model_url, gpu, progress=print)
-    runner = ModelRunner(backend, window)       # prefill / decode / argmax, download blocks via JSPI
+    loader = WebGPUModelLoader(app_config)      # device, files through webrt.ndarray_cache
+    engine = Engine(app_config, loader=loader)  # or: backend = await loader.load(record, chat_config, None)
+    await engine.reload(model_id)               #     runner = ModelRunner(backend, window)
 """

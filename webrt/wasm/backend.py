@@ -1,7 +1,7 @@
 """The engine's `Backend` (webrt.engine.backend) on the browser runtime: a WebGPU `.wasm` model
 library plus its weights, driven from Pyodide.
 
-    backend = await WasmBackend.load("/model/lib.wasm", "/model/weights/")
+    backend = await WebGPUModelLoader(app_config).load(record, chat_config, None)   # wasm/loader.py
     runner = ModelRunner(backend, window)     # unchanged engine code
 
 `download` is synchronous, as the protocol says: it blocks on the GPU readback with JSPI's
@@ -13,22 +13,12 @@ from a synchronous Python callback invoked by JS (an event handler): call the en
 from __future__ import annotations
 
 import struct
-import time
 from typing import Any, Callable, Sequence
 
 from webrt.errors import ModelLibraryError
 from webrt.wasm.ffi import WEBGPU, DeviceType
 from webrt.wasm.objects import Function, ShapeTuple, Tensor
-from webrt.wasm.runtime import ProgressCallback, Runtime
-from webrt.wasm.webgpu import GPUInfo, request_device
-from webrt.wasm.weights import load_params
-
-
-async def fetch_bytes(url: str) -> Any:
-    """A JS ArrayBuffer with the body of `url`."""
-    from webrt.wasm.weights import _fetch
-
-    return await (await _fetch(url)).arrayBuffer()
+from webrt.wasm.runtime import Runtime
 
 
 class WasmBackend:
@@ -41,22 +31,6 @@ class WasmBackend:
         self.params = params
         self._shapes: dict[tuple[int, ...], ShapeTuple] = {}
         self._fns: dict[str, Function | None] = {}
-
-    @classmethod
-    async def load(cls, wasm_url: str, model_url: str, gpu: GPUInfo | None = None,
-                   pipelines: Sequence[str] | None = None, progress: ProgressCallback | None = None) -> WasmBackend:
-        """Fetch and instantiate the library, create its pipelines (all, or `pipelines`), load weights."""
-        t0 = time.perf_counter()
-        if gpu is None:
-            gpu = await request_device()
-        runtime = await Runtime.load(await fetch_bytes(wasm_url), gpu)
-        await runtime.load_pipelines(pipelines, progress)
-        t1 = time.perf_counter()
-        params = await load_params(runtime, model_url, runtime.param_names, runtime.metadata.get("params", []),
-                                   progress)
-        runtime.timings["weights_s"] = time.perf_counter() - t1
-        runtime.timings["load_s"] = time.perf_counter() - t0
-        return cls(runtime, params)
 
     # --- Backend protocol ---------------------------------------------------------------------------
     def has_function(self, name: str) -> bool:

@@ -33,7 +33,7 @@ from webrt.wasm.backend import WasmBackend
 from webrt.wasm.objects import Array
 from webrt.wasm.runtime import Runtime
 from webrt.wasm.webgpu import GPUInfo, request_device
-from webrt.wasm.weights import check_params, shards_needed, upload_params
+from webrt.wasm.weights import upload_params
 
 #: Share of the progress bar for each phase (weights and pipelines run concurrently).
 _WEIGHTS_SHARE = 0.5
@@ -192,8 +192,8 @@ class WebGPUModelLoader:
         t0 = time.perf_counter()
         index = await self.cache.fetch_index(base_url)
         names = runtime.param_names
-        check_params(index, names, runtime.metadata.get("params", []), base_url)
-        shards = self.cache.iter_shards(base_url, shards_needed(index, names), progress)
+        index.check_params(names, runtime.metadata.get("params", []), base_url)
+        shards = self.cache.iter_shards(base_url, index.shards_holding(names), progress)
         try:
             params = await upload_params(runtime, names, shards)
         finally:

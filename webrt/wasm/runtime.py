@@ -6,7 +6,9 @@ Sequence (the same as WebLLM's, in Python)::
     rt = await Runtime.load(wasm_bytes, gpu)           # instantiate, register the device API,
                                                        # VM on webgpu + pooled allocator, check metadata
     await rt.load_pipelines(progress=print)            # createComputePipelineAsync per kernel
-    params = await load_params(rt, model_url, rt.param_names)   # webrt.wasm.weights
+    index = await cache.fetch_index(model_url)         # webrt.ndarray_cache.artifact_cache
+    params = await upload_params(rt, rt.param_names, cache.iter_shards(model_url, index.shards))
+                                                       # webrt.wasm.weights (see wasm/loader.py)
 
 Blocking inside the VM (Asyncify / JSPI): webrt's model libraries never need to block inside a
 call into the wasm. Every host<->GPU transfer the model functions do is either a write
