@@ -533,7 +533,7 @@ def test_chat_config_merge_order() -> None:
     with pytest.raises(ModelConfigError, match="exactly one"):
         merge_chat_config(base, {"sliding_window_size": 32})
     swapped = merge_chat_config(base, {"sliding_window_size": 32, "context_window_size": -1})
-    assert swapped.uses_sliding_window
+    assert swapped.window.uses_sliding_window
 
 
 def test_model_record_aliases_and_app_config() -> None:

@@ -51,6 +51,19 @@ class DeviceLostError(WebrtError, RuntimeError):
 class ContextWindowSizeExceededError(WebrtError, ValueError):
     """A prompt does not fit in the model's context window."""
 
+    def __init__(self, prompt_tokens: int, context_window_size: int, model_id: str):
+        self.prompt_tokens = prompt_tokens
+        self.context_window_size = context_window_size
+        self.model_id = model_id
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens but the context window of {model_id!r} is "
+            f"{context_window_size}; shorten the messages, or reload with a larger chat_opts "
+            "context_window_size (up to what the model was trained for)."
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, str]]:
+        return type(self), (self.prompt_tokens, self.context_window_size, self.model_id)
+
 
 class TokenizerError(WebrtError, ValueError):
     """A tokenizer.json uses a feature webrt's tokenizer does not implement, or is malformed."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from webrt.chat_config import WindowConfig, read_int, window_config
 from webrt.conversation import Conversation, conv_template_from_config
 from webrt.engine.vocabulary import postproc_method
 from webrt.errors import ModelConfigError, ModelNotFoundError
@@ -160,10 +161,7 @@ class ChatConfig:
 
     conv_template: Conversation
     vocab_size: int
-    context_window_size: int
-    sliding_window_size: int
-    attention_sink_size: int
-    prefill_chunk_size: int
+    window: WindowConfig
     temperature: float
     top_p: float
     presence_penalty: float
@@ -175,10 +173,6 @@ class ChatConfig:
     eos_token_id: int | None
     raw: dict[str, Any]
 
-    @property
-    def uses_sliding_window(self) -> bool:
-        return self.sliding_window_size > 0
-
 
 def _number(merged: Mapping[str, Any], name: str, default: float) -> float:
     value = merged.get(name, default)
@@ -187,15 +181,6 @@ def _number(merged: Mapping[str, Any], name: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ModelConfigError(f"{name} must be a number, got {value!r}")
     return float(value)
-
-
-def _int(merged: Mapping[str, Any], name: str, default: int) -> int:
-    value = merged.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ModelConfigError(f"{name} must be an integer, got {value!r}")
-    return value
 
 
 def merge_chat_config(
@@ -211,17 +196,10 @@ def merge_chat_config(
     if "conv_template" not in merged:
         raise ModelConfigError("mlc-chat-config.json has no conv_template; re-run `webrt gen_config`.")
     conv = conv_template_from_config(merged["conv_template"], conv_config or None)
-    context = _int(merged, "context_window_size", -1)
-    sliding = _int(merged, "sliding_window_size", -1)
-    if (context > 0) == (sliding > 0):
-        raise ModelConfigError(
-            f"exactly one of context_window_size ({context}) and sliding_window_size ({sliding}) must be "
-            "positive; set the other to -1 in chat_opts."
-        )
-    vocab = _int(merged, "vocab_size", 0)
+    window = window_config(merged)
+    vocab = read_int(merged, "vocab_size", 0)
     if vocab <= 0:
         raise ModelConfigError("mlc-chat-config.json needs a positive vocab_size")
-    chunk = _int(merged, "prefill_chunk_size", 0) or (context if context > 0 else sliding)
     repetition = _number(merged, "repetition_penalty", 1.0)
     if repetition <= 0:
         raise ModelConfigError(f"repetition_penalty must be > 0, got {repetition}")
@@ -235,10 +213,7 @@ def merge_chat_config(
     return ChatConfig(
         conv_template=conv,
         vocab_size=vocab,
-        context_window_size=context,
-        sliding_window_size=sliding,
-        attention_sink_size=_int(merged, "attention_sink_size", -1),
-        prefill_chunk_size=chunk,
+        window=window,
         temperature=temperature,
         top_p=top_p,
         presence_penalty=_number(merged, "presence_penalty", 0.0),

@@ -24,7 +24,7 @@ from webrt.engine.config import AppConfig, ChatOptions, ModelRecord, as_id_list,
 from webrt.engine.generation import Generation, GenerationConfig, RoundStats, Step, resolve_generation_config
 from webrt.engine.loaded_model import LoadedModel
 from webrt.engine.loader import InitProgressCallback, ModelLoader, ProgressReporter, default_loader
-from webrt.engine.model_runner import ModelRunner, WindowConfig
+from webrt.engine.model_runner import ModelRunner
 from webrt.engine.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -148,13 +148,7 @@ class Engine:
         chat_config = merge_chat_config(base, record.overrides, chat_opts)
         tokenizer = await self._load_tokenizer(record, chat_config.tokenizer_files)
         backend = await self.loader.load(record, chat_config.raw, self.init_progress_callback)
-        window = WindowConfig(
-            chat_config.context_window_size,
-            chat_config.sliding_window_size,
-            chat_config.attention_sink_size,
-            chat_config.prefill_chunk_size,
-        )
-        runner = ModelRunner(backend, window)
+        runner = ModelRunner(backend, chat_config.window)
         if runner.vocab_size and runner.vocab_size != chat_config.vocab_size:
             raise ModelLibraryError(
                 f"the library of {record.model_id!r} has vocab_size {runner.vocab_size} but its "
@@ -235,7 +229,7 @@ class Engine:
         else:
             assert isinstance(request, CompletionRequest)
             prompt = model.completion_prompt_tokens(request.prompt)
-        model.check_prompt_fits(len(prompt))
+        model.window.check_prompt(len(prompt), model.model_id)  # the one context-window check
         config = resolve_generation_config(model.chat_config, request, model.vocab_size)
         rng = random.Random(request.seed)
         is_chat = isinstance(request, ChatCompletionRequest)

@@ -18,7 +18,6 @@ from webrt.engine.json_grammar import JsonTokenIndex
 from webrt.engine.json_schema import SchemaGrammar
 from webrt.engine.model_runner import ModelRunner
 from webrt.engine.vocabulary import token_byte_table
-from webrt.errors import ContextWindowSizeExceededError
 from webrt.tokenizer import Tokenizer
 
 
@@ -42,6 +41,7 @@ class LoadedModel:
         self.chat_config = chat_config
         self.tokenizer = tokenizer
         self.runner = runner
+        self.window = chat_config.window
         self.vocab_size = runner.vocab_size or chat_config.vocab_size
         self.cached_tokens: list[int] = []  # exactly what the KV cache holds, in order
         self.lock = asyncio.Lock()
@@ -71,21 +71,9 @@ class LoadedModel:
         """Token ids of a raw completion prompt (after the template's system prefix ids)."""
         return self._encode_pieces([prompt])
 
-    def check_prompt_fits(self, prompt_length: int) -> None:
-        """Raise ContextWindowSizeExceededError before any compute if the prompt cannot fit."""
-        limit = self.chat_config.context_window_size
-        if self.chat_config.uses_sliding_window or prompt_length <= limit:
-            return
-        raise ContextWindowSizeExceededError(
-            f"the prompt has {prompt_length} tokens but the context window of {self.model_id!r} is {limit}; "
-            "shorten the messages, or reload with a larger chat_opts context_window_size (up to what the "
-            "model was trained for)."
-        )
-
     def has_room_for(self, new_tokens: int) -> bool:
-        if self.chat_config.uses_sliding_window:
-            return True
-        return self.runner.total_tokens + new_tokens <= self.chat_config.context_window_size
+        """Whether the cache can take ``new_tokens`` more tokens."""
+        return self.window.has_room_for(self.runner.total_tokens + new_tokens)
 
     # --- cache --------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -94,13 +82,14 @@ class LoadedModel:
         self.cached_tokens = []
 
     def prefill_prompt(self, prompt: list[int]) -> tuple[Any, int]:
-        """Make the cache hold ``prompt``; return (logits after its last token, tokens prefilled)."""
-        self.check_prompt_fits(len(prompt))
+        """Make the cache hold ``prompt``; return (logits after its last token, tokens prefilled).
+
+        The engine checked that the prompt fits the window when the request arrived."""
         keep = common_prefix_length(self.cached_tokens, prompt)
         keep = min(keep, len(prompt) - 1)  # the last prompt token must run to give logits
         drop = len(self.cached_tokens) - keep
-        window = self.chat_config.sliding_window_size
-        if drop and self.chat_config.uses_sliding_window and len(self.cached_tokens) > window:
+        window = self.window
+        if drop and window.uses_sliding_window and len(self.cached_tokens) > window.sliding_window_size:
             keep = 0  # tokens slid out of the window cannot be popped back in: start over
         if keep == 0:
             self.reset()

@@ -2,17 +2,18 @@
 
 Pure Python over :class:`webrt.engine.backend.Backend`; the same code runs natively and in the
 browser. One sequence (id 0) lives in the cache. Prompts are prefilled in chunks of at most
-``prefill_chunk_size`` tokens; the library's memory plan is sized for that bound.
+``prefill_chunk_size`` tokens; the library's memory plan is sized for that bound. The caller
+keeps the cache within the window (the engine checks each prompt once, when a request arrives).
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any, Sequence
 
+from webrt.chat_config import WindowConfig
 from webrt.engine.backend import Backend
-from webrt.errors import ContextWindowSizeExceededError, ModelLibraryError
+from webrt.errors import ModelLibraryError
 
 PAGE_SIZE = 16
 REQUIRED_FUNCTIONS = ("embed", "decode", "create_tir_paged_kv_cache", "argmax_logits", "softmax_with_temperature")
@@ -20,24 +21,6 @@ REQUIRED_FUNCTIONS = ("embed", "decode", "create_tir_paged_kv_cache", "argmax_lo
 
 def _pack(fmt: str, values: Sequence[Any]) -> bytes:
     return struct.pack(f"<{len(values)}{fmt}", *values)
-
-
-@dataclass
-class WindowConfig:
-    """The cache geometry a chat config asks for."""
-
-    context_window_size: int
-    sliding_window_size: int
-    attention_sink_size: int
-    prefill_chunk_size: int
-
-    @property
-    def uses_sliding_window(self) -> bool:
-        return self.sliding_window_size > 0
-
-    @property
-    def max_total_length(self) -> int:
-        return self.sliding_window_size if self.uses_sliding_window else self.context_window_size
 
 
 class ModelRunner:
@@ -99,18 +82,6 @@ class ModelRunner:
         self._popn(self.kv_cache, 0, n)
         self.total_tokens -= n
 
-    def check_fits(self, new_tokens: int) -> None:
-        """Raise before running if the context window cannot hold ``new_tokens`` more."""
-        if self.window.uses_sliding_window:
-            return
-        limit = self.window.context_window_size
-        if self.total_tokens + new_tokens > limit:
-            raise ContextWindowSizeExceededError(
-                f"the prompt needs {self.total_tokens + new_tokens} tokens but the context window is {limit}; "
-                "shorten the conversation, call reset_chat(), or use a model compiled with a larger "
-                "context_window_size."
-            )
-
     # --- forward --------------------------------------------------------------------------------
     def _token_ids(self, tokens: Sequence[int]) -> Any:
         """The ids on the device; a decode step reuses one tensor rather than allocating one."""
@@ -141,7 +112,6 @@ class ModelRunner:
         """Append ``tokens`` to the cache; return the logits tensor [1, 1, V] after the last one."""
         if not tokens:
             raise ValueError("prefill needs at least one token")
-        self.check_fits(len(tokens))
         logits = None
         start = 0
         while start < len(tokens):
@@ -165,7 +135,6 @@ class ModelRunner:
 
     def decode(self, token: int) -> Any:
         """Append one token; return the logits tensor [1, 1, V]."""
-        self.check_fits(1)
         return self._forward([token])
 
     # --- logits & sampling --------------------------------------------------------------------
