@@ -7,7 +7,7 @@ Modules (all importable on CPython too; only calls into the browser need `js` / 
 - `wasi`: the WASI subset a model library imports.
 - `objects`: Object / Function / Module / Tensor / ShapeTuple / Array wrappers.
 - `instance`: instantiating the .wasm, calls both ways, errors and traps.
-- `webgpu`: adapter/device, feature checks, TVM's WebGPU device API, kernels and launches.
+- `webgpu/`: adapter/device, feature checks, TVM's WebGPU device API, kernels and launches.
 - `runtime`: the relax VM on WebGPU, pipeline creation with progress.
 - `weights`: tensor-cache records from fetched shards (JS buffers) onto the GPU.
 - `backend`: `WasmBackend`, the engine's `Backend` for the browser.

@@ -24,15 +24,16 @@ import asyncio
 import time
 from typing import Any, Sequence
 
+from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.engine.config import AppConfig, ModelRecord
 from webrt.engine.loader import InitProgressCallback, ProgressReporter
 from webrt.ndarray_cache.artifact_cache import ArtifactCache
 from webrt.ndarray_cache.cache_helpers import library_url, model_base_url
-from webrt.ndarray_cache.urls import CHAT_CONFIG_FILE, join_url
+from webrt.ndarray_cache.urls import join_url
 from webrt.wasm.backend import WasmBackend
 from webrt.wasm.objects import Array
 from webrt.wasm.runtime import Runtime
-from webrt.wasm.webgpu import GPUInfo, request_device
+from webrt.wasm.webgpu.device import GPUInfo, request_device
 from webrt.wasm.weights import upload_params
 
 #: Share of the progress bar for each phase (weights and pipelines run concurrently).

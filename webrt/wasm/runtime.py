@@ -2,7 +2,7 @@
 
 Sequence (the same as WebLLM's, in Python)::
 
-    gpu = await request_device()                       # webrt.wasm.webgpu
+    gpu = await request_device()                       # webrt.wasm.webgpu.device
     rt = await Runtime.load(wasm_bytes, gpu)           # instantiate, register the device API,
                                                        # VM on webgpu + pooled allocator, check metadata
     await rt.load_pipelines(progress=print)            # createComputePipelineAsync per kernel
@@ -38,7 +38,10 @@ from webrt.errors import ModelLibraryError
 from webrt.wasm.ffi import AllocatorKind, DeviceType
 from webrt.wasm.instance import Instance
 from webrt.wasm.objects import Function, Module
-from webrt.wasm.webgpu import GPUInfo, WebGPUContext, check_library, register_device_api
+from webrt.wasm.webgpu.context import WebGPUContext
+from webrt.wasm.webgpu.device import GPUInfo
+from webrt.wasm.webgpu.device_api import register_device_api
+from webrt.wasm.webgpu.features import check_library
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 

@@ -1,0 +1,340 @@
+"""`WebGPUContext`: TVM's WebGPU device API for one model-library instance over one GPUDevice:
+buffers, host<->GPU copies, readback, command recording, and the kernels created on it.
+
+Recording: all launches and GPU->GPU copies go into one command encoder and compute pass;
+it is submitted only when the host writes into a buffer (queue writes are not ordered with
+unsubmitted commands), reads back, or syncs. Each launch of a batch gets its own uniform slot
+of one uniform buffer (dynamic offset); the slots are written with one `writeBuffer` at submit.
+Freed buffers are destroyed (or, when small, recycled) only after the next submit. Nothing
+allocates per launch on the JS side except what Pyodide needs to call a method.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from webrt.errors import DeviceLostError
+from webrt.wasm.webgpu.buffers import BufferTable
+from webrt.wasm.webgpu.device import GPUInfo
+from webrt.wasm.webgpu.kernels import UNIFORM_SLOT, UNIFORM_SLOTS, Kernel, KernelSpec
+from webrt.wasm.webgpu.pipelines import js_desc, pipeline_descriptor
+from webrt.wasm.webgpu.stats import Stats
+
+_READ_POOL = 4
+
+
+class WebGPUContext:
+    """TVM's WebGPU device API + kernels for one instance, over one GPUDevice."""
+
+    def __init__(self, gpu: GPUInfo, memory: Any):
+        import js
+        from pyodide.ffi import to_js
+
+        self._js = js
+        self._to_js = to_js
+        self.gpu = gpu
+        self.device = gpu.device
+        self.memory = memory
+        self.queue = self.device.queue
+        self._write_buffer = self.queue.writeBuffer
+        self._submit = self.queue.submit
+        self._create_buffer = self.device.createBuffer
+        self._create_bind_group = self.device.createBindGroup
+        self._create_encoder = self.device.createCommandEncoder
+        usage = js.GPUBufferUsage
+        storage_usage = usage.STORAGE | usage.COPY_SRC | usage.COPY_DST
+        self._read_usage = usage.MAP_READ | usage.COPY_DST
+        self._map_read = js.GPUMapMode.READ
+        self.stats = Stats()
+        self.storage = BufferTable(lambda size: self._create_buffer(js_desc(size=size, usage=storage_usage)),
+                                   gpu.limits.get("maxBufferSize"))
+        self._read_pool: list[Any] = []
+        self._pending: set[int] = set()  # ids used by recorded, unsubmitted commands
+        self._kernels: list[Kernel] = []
+        self._kernels_by_name: dict[str, Kernel] = {}
+        self._pending_reads: list[Any] = []
+        # recording state
+        self._encoder: Any = None
+        self._pass: Any = None
+        self._set_pipeline: Any = None
+        self._set_bind_group: Any = None
+        self._dispatch: Any = None
+        align = max(UNIFORM_SLOT, int(gpu.limits.get("minUniformBufferOffsetAlignment", UNIFORM_SLOT)))
+        self.uniform_slot = align
+        self._slots = 0
+        self._ustage = bytearray(align * UNIFORM_SLOTS)
+        self._ustage_js = js.Uint8Array.new(len(self._ustage))
+        self._uniform = self._create_buffer(js_desc(size=len(self._ustage), usage=usage.UNIFORM | usage.COPY_DST))
+        self._offsets = js.Uint32Array.new(to_js([align * i for i in range(UNIFORM_SLOTS)]))
+        self._submit_list = js.Array.new()
+
+    # --- device API (called from TVM's C++ through packed functions) ------------------------------
+    def alloc(self, nbytes: int) -> int:
+        """A new storage buffer of at least `nbytes` (4-byte multiple); returns its id."""
+        ptr = self.storage.alloc(nbytes)
+        self.stats.allocs += 1
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        """Release buffer `ptr`: recycled (small) or destroyed, after the next submit."""
+        self.storage.free(ptr)
+        self.stats.frees += 1
+        if self._encoder is None:
+            self.storage.release_freed()
+
+    def _flush_if_pending(self, ptr: int) -> None:
+        """Submit first if recorded commands use buffer `ptr` (queue writes overtake them)."""
+        if ptr in self._pending:
+            self.flush()
+
+    def buffer(self, ptr: int) -> Any:
+        """The live GPUBuffer of id `ptr`."""
+        return self.storage.buffer(ptr)
+
+    def copy_to_gpu(self, from_ptr: int, to: int, to_offset: int, nbytes: int) -> None:
+        """wasm memory [from_ptr, +nbytes) -> buffer `to` at `to_offset`."""
+        if to_offset % 4:
+            raise ValueError(f"WebGPU destination offset must be a multiple of 4, got {to_offset}")
+        self._flush_if_pending(to)
+        if nbytes % 4:
+            padded = self._js.Uint8Array.new((nbytes + 3) & ~3)
+            padded.set(self.memory.view(from_ptr, nbytes))
+            self._write_buffer(self.buffer(to), to_offset, padded, 0, padded.length)
+        else:
+            self._write_buffer(self.buffer(to), to_offset, self.memory.buffer, from_ptr, nbytes)
+        self.stats.writes += 1
+
+    def write_js(self, to: int, to_offset: int, data: Any, data_offset: int, nbytes: int) -> None:
+        """JS ArrayBuffer/TypedArray bytes -> buffer `to` (no copy through Python)."""
+        if to_offset % 4:
+            raise ValueError(f"WebGPU destination offset must be a multiple of 4, got {to_offset}")
+        self._flush_if_pending(to)
+        if nbytes % 4:
+            padded = self._js.Uint8Array.new((nbytes + 3) & ~3)
+            padded.set(self._js.Uint8Array.new(getattr(data, "buffer", data),
+                                               getattr(data, "byteOffset", 0) + data_offset, nbytes))
+            self._write_buffer(self.buffer(to), to_offset, padded, 0, padded.length)
+        else:
+            self._write_buffer(self.buffer(to), to_offset, data, data_offset, nbytes)
+        self.stats.writes += 1
+
+    def write_bytes(self, to: int, to_offset: int, data: bytes | bytearray | memoryview, fresh: bool = False) -> None:
+        """Python bytes -> buffer `to`. `fresh`: the buffer is new, so pending commands cannot use it."""
+        n = len(data)
+        if to_offset % 4:
+            raise ValueError(f"WebGPU destination offset must be a multiple of 4, got {to_offset}")
+        if not fresh:
+            self._flush_if_pending(to)
+        if n % 4:
+            data = bytes(data) + bytes(4 - n % 4)
+            n = len(data)
+        if n <= 65536:
+            self._write_buffer(self.buffer(to), to_offset, self._to_js(data), 0, n)
+        else:
+            from pyodide.ffi import create_proxy
+
+            proxy = create_proxy(data)
+            view = proxy.getBuffer("u8")
+            try:
+                self._write_buffer(self.buffer(to), to_offset, view.data, 0, n)
+            finally:
+                view.release()
+                proxy.destroy()
+        self.stats.writes += 1
+
+    def copy_from_gpu(self, from_ptr: int, from_offset: int, to_ptr: int, nbytes: int) -> None:
+        """Buffer -> wasm memory, completed asynchronously (TVM's C++ cannot block here); `sync()`
+        waits for it."""
+        from pyodide.ffi import create_once_callable
+
+        if from_offset % 4:
+            raise ValueError(f"WebGPU source offset must be a multiple of 4, got {from_offset}")
+        if nbytes == 0:
+            return
+        staging, n4 = self._stage_read(from_ptr, from_offset, nbytes)
+        memory = self.memory
+
+        def done(_: Any) -> None:
+            memory.view(to_ptr, nbytes).set(self._js.Uint8Array.new(staging.getMappedRange(0, n4), 0, nbytes))
+            self._recycle_read(staging)
+
+        self._pending_reads.append(staging.mapAsync(self._map_read, 0, n4).then(create_once_callable(done)))
+        self.stats.deferred_reads += 1
+
+    def copy_within_gpu(self, from_ptr: int, from_offset: int, to_ptr: int, to_offset: int, nbytes: int) -> None:
+        """Buffer -> buffer, recorded in order with the launches."""
+        self._end_pass()
+        if self._encoder is None:
+            self._encoder = self._create_encoder()
+        self._encoder.copyBufferToBuffer(self.buffer(from_ptr), from_offset, self.buffer(to_ptr), to_offset,
+                                         (nbytes + 3) & ~3)
+        self._pending.add(from_ptr)
+        self._pending.add(to_ptr)
+
+    # --- readback -----------------------------------------------------------------------------------
+    def _stage_read(self, ptr: int, offset: int, nbytes: int) -> tuple[Any, int]:
+        n4 = (nbytes + 3) & ~3
+        staging = None
+        for i, buf in enumerate(self._read_pool):
+            if buf.size >= n4:
+                staging = self._read_pool.pop(i)
+                break
+        if staging is None:
+            staging = self._create_buffer(js_desc(size=max(n4, 256), usage=self._read_usage))
+        self._end_pass()
+        if self._encoder is None:
+            self._encoder = self._create_encoder()
+        self._encoder.copyBufferToBuffer(self.buffer(ptr), offset, staging, 0, n4)
+        self.flush()
+        return staging, n4
+
+    def _recycle_read(self, staging: Any) -> None:
+        staging.unmap()
+        if len(self._read_pool) < _READ_POOL:
+            self._read_pool.append(staging)
+        else:
+            staging.destroy()
+
+    def read(self, ptr: int, offset: int, nbytes: int) -> bytes:
+        """Buffer bytes -> Python, blocking (JSPI `run_sync`): the readback shares the last submit."""
+        from pyodide.ffi import run_sync
+
+        if offset % 4:
+            raise ValueError(f"WebGPU source offset must be a multiple of 4, got {offset}")
+        if nbytes == 0:
+            return b""
+        staging, n4 = self._stage_read(ptr, offset, nbytes)
+        t0 = time.perf_counter()
+        run_sync(staging.mapAsync(self._map_read, 0, n4))
+        self.stats.wait_s += time.perf_counter() - t0
+        data = self._js.Uint8Array.new(staging.getMappedRange(0, n4), 0, nbytes).to_bytes()
+        self._recycle_read(staging)
+        self.stats.readbacks += 1
+        self._check_lost()
+        return data
+
+    async def read_async(self, ptr: int, offset: int, nbytes: int) -> bytes:
+        """Like `read`, awaiting instead of blocking."""
+        if nbytes == 0:
+            return b""
+        staging, n4 = self._stage_read(ptr, offset, nbytes)
+        t0 = time.perf_counter()
+        await staging.mapAsync(self._map_read, 0, n4)
+        self.stats.wait_s += time.perf_counter() - t0
+        data = self._js.Uint8Array.new(staging.getMappedRange(0, n4), 0, nbytes).to_bytes()
+        self._recycle_read(staging)
+        self.stats.readbacks += 1
+        return data
+
+    def sync(self) -> None:
+        """Submit everything and block until the GPU (and deferred reads) are done."""
+        from pyodide.ffi import run_sync
+
+        self.flush()
+        t0 = time.perf_counter()
+        run_sync(self.queue.onSubmittedWorkDone())
+        while self._pending_reads:
+            run_sync(self._pending_reads.pop(0))
+        self.stats.wait_s += time.perf_counter() - t0
+        self._check_lost()
+
+    async def sync_async(self) -> None:
+        self.flush()
+        await self.queue.onSubmittedWorkDone()
+        while self._pending_reads:
+            await self._pending_reads.pop(0)
+
+    def stream_sync(self) -> None:
+        """C++ `StreamSync`: submit; later host reads wait on the queue anyway."""
+        self.stats.stream_syncs += 1
+        self.flush()
+
+    def _check_lost(self) -> None:
+        if self.gpu.lost:
+            raise DeviceLostError(f"the WebGPU device was lost ({self.gpu.lost}); reload the model.")
+
+    # --- recording ----------------------------------------------------------------------------------
+    def _begin_pass(self) -> None:
+        if self._encoder is None:
+            self._encoder = self._create_encoder()
+        p = self._encoder.beginComputePass()
+        self._pass = p
+        self._set_pipeline = p.setPipeline
+        self._set_bind_group = p.setBindGroup
+        self._dispatch = p.dispatchWorkgroups
+
+    def _end_pass(self) -> None:
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+
+    def flush(self) -> None:
+        """Write the batch's uniforms and submit the recorded commands."""
+        if self._encoder is None:
+            return
+        self._end_pass()
+        if self._slots:
+            n = self._slots * self.uniform_slot
+            self._ustage_js.subarray(0, n).assign(memoryview(self._ustage)[:n])
+            self._write_buffer(self._uniform, 0, self._ustage_js.buffer, 0, n)
+            self._slots = 0
+        lst = self._submit_list
+        lst[0] = self._encoder.finish()
+        self._submit(lst)
+        self._encoder = None
+        self._pending.clear()
+        self.stats.submits += 1
+        if self.storage.has_freed:
+            self.storage.release_freed()
+
+    def bind_group(self, kernel: Kernel, key: tuple[int, ...], ptrs: Sequence[int]) -> Any:
+        """Create and cache the bind group of `kernel` over buffer ids `ptrs` (key: kernel id and
+        the buffers' serials)."""
+        entries = [{"binding": i, "resource": {"buffer": self.buffer(ptr)}} for i, ptr in enumerate(ptrs)]
+        entries.append({"binding": len(ptrs),
+                        "resource": {"buffer": self._uniform, "offset": 0, "size": self.uniform_slot}})
+        group = self._create_bind_group(js_desc(layout=kernel.bind_group_layout, entries=entries))
+        self.storage.remember_bind_group(key, group)
+        self.stats.bind_group_misses += 1
+        return group
+
+    # --- kernels ------------------------------------------------------------------------------------
+    def create_kernel(self, finfo: dict[str, Any], code: str) -> Kernel:
+        """Compile a kernel now (synchronous `createComputePipeline`)."""
+        spec = KernelSpec.from_info(finfo)
+        t0 = time.perf_counter()
+        bgl, desc = pipeline_descriptor(self.device, spec, code)
+        pipeline = self.device.createComputePipeline(desc)
+        self.stats.pipeline_s[spec.name] = time.perf_counter() - t0
+        return self._register(Kernel(self, spec, bgl, pipeline))
+
+    async def create_kernel_async(self, finfo: dict[str, Any], code: str) -> Kernel:
+        """Compile a kernel with `createComputePipelineAsync`."""
+        spec = KernelSpec.from_info(finfo)
+        t0 = time.perf_counter()
+        bgl, desc = pipeline_descriptor(self.device, spec, code)
+        pipeline = await self.device.createComputePipelineAsync(desc)
+        self.stats.pipeline_s[spec.name] = time.perf_counter() - t0
+        return self._register(Kernel(self, spec, bgl, pipeline))
+
+    def _register(self, kernel: Kernel) -> Kernel:
+        kernel.id = len(self._kernels)
+        self._kernels.append(kernel)
+        self._kernels_by_name[kernel.spec.name] = kernel
+        return kernel
+
+    def kernel(self, name: str) -> Kernel | None:
+        return self._kernels_by_name.get(name)
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return list(self._kernels)
+
+    def dispose(self) -> None:
+        self.flush()
+        self.storage.destroy_all()
+        for buf in self._read_pool:
+            buf.destroy()
+        self._read_pool.clear()
+        self._uniform.destroy()

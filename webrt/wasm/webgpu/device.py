@@ -1,0 +1,112 @@
+"""The WebGPU adapter and device: `request_device` with the features a library needs and the
+limits raised to what the adapter offers, and `GPUInfo`, what the device offers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from webrt.errors import FeatureNotSupportedError
+from webrt.wasm.webgpu.features import missing_feature_message
+
+#: Limits raised to the adapter's value when it offers more than the default.
+RAISED_LIMITS = (
+    "maxBufferSize",
+    "maxStorageBufferBindingSize",
+    "maxComputeWorkgroupStorageSize",
+    "maxStorageBuffersPerShaderStage",
+    "maxComputeInvocationsPerWorkgroup",
+    "maxComputeWorkgroupSizeX",
+    "maxComputeWorkgroupSizeY",
+    "maxComputeWorkgroupSizeZ",
+    "maxComputeWorkgroupsPerDimension",
+)
+#: Optional features turned on whenever the adapter has them.
+OPTIONAL_FEATURES = ("shader-f16", "subgroups", "timestamp-query")
+
+
+@dataclass
+class GPUInfo:
+    """A WebGPU device and what its adapter offers."""
+
+    adapter: Any
+    device: Any
+    features: frozenset[str]
+    limits: dict[str, int]
+    info: dict[str, Any]
+    subgroup_min_size: int = 0
+    subgroup_max_size: int = 0
+    lost: str | None = None
+    errors: list[str] = field(default_factory=list)
+    #: the device's event listeners (JS proxies), kept alive with it
+    listeners: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def description(self) -> str:
+        i = self.info
+        parts = [i.get("vendor"), i.get("architecture"), i.get("description")]
+        name = " ".join(p for p in parts if p) or "unknown adapter"
+        return name + (" (fallback adapter)" if i.get("isFallbackAdapter") else "")
+
+
+def _js_dict(obj: Any, keys: Iterable[str]) -> dict[str, Any]:
+    out = {}
+    for k in keys:
+        v = getattr(obj, k, None)
+        if v is not None and not callable(v):
+            out[k] = v
+    return out
+
+
+async def request_device(required_features: Sequence[str] = (), quantization: str | None = None,
+                         power_preference: str = "high-performance") -> GPUInfo:
+    """Find the adapter and create a device; raise FeatureNotSupportedError if a feature is missing."""
+    import js
+    from pyodide.ffi import create_proxy, to_js
+
+    gpu = getattr(js.navigator, "gpu", None)
+    if gpu is None:
+        raise FeatureNotSupportedError("this browser has no WebGPU (navigator.gpu is undefined); use a recent "
+                                       "Chrome/Edge, or Chromium with --enable-unsafe-webgpu.")
+    adapter = await gpu.requestAdapter(to_js({"powerPreference": power_preference},
+                                             dict_converter=js.Object.fromEntries))
+    if adapter is None:
+        raise FeatureNotSupportedError("no WebGPU adapter is available (requestAdapter returned null): the GPU "
+                                       "is blocklisted or WebGPU is disabled.")
+    features = frozenset(str(f) for f in js.Array.from_(adapter.features))
+    info_obj = adapter.info
+    info = _js_dict(info_obj, ("vendor", "architecture", "device", "description", "isFallbackAdapter",
+                               "subgroupMinSize", "subgroupMaxSize"))
+    desc = GPUInfo(adapter, None, features, {}, info).description
+    for feature in required_features:
+        if feature not in features:
+            raise FeatureNotSupportedError(missing_feature_message(feature, quantization, desc))
+    limits: dict[str, int] = {}
+    for name in RAISED_LIMITS:
+        value = getattr(adapter.limits, name, None)
+        if value is not None:
+            limits[name] = int(value)
+    wanted = sorted(set(required_features) | {f for f in OPTIONAL_FEATURES if f in features})
+    descriptor = to_js({"requiredFeatures": wanted, "requiredLimits": limits}, dict_converter=js.Object.fromEntries)
+    device = await adapter.requestDevice(descriptor)
+    if device is None:
+        raise FeatureNotSupportedError(f"requestDevice failed on {desc}")
+    dev_limits = {name: int(getattr(device.limits, name)) for name in
+                  (*RAISED_LIMITS, "minUniformBufferOffsetAlignment", "maxUniformBufferBindingSize",
+                   "maxDynamicUniformBuffersPerPipelineLayout")
+                  if getattr(device.limits, name, None) is not None}
+    result = GPUInfo(adapter, device, frozenset(str(f) for f in js.Array.from_(device.features)), dev_limits, info,
+                     int(info.get("subgroupMinSize") or 0), int(info.get("subgroupMaxSize") or 0))
+
+    def on_error(event: Any) -> None:
+        msg = str(getattr(event.error, "message", event.error))
+        result.errors.append(msg)
+        js.console.error(f"[webrt webgpu] uncaptured error: {msg}")
+
+    def on_lost(info: Any) -> None:
+        result.lost = f"{getattr(info, 'reason', '')}: {getattr(info, 'message', '')}"
+
+    result.listeners = [create_proxy(on_error), create_proxy(on_lost)]
+    device.addEventListener("uncapturederror", result.listeners[0])
+    device.lost.then(result.listeners[1])
+    return result
