@@ -207,3 +207,18 @@ def smollm2_artifacts(quantization: str, devices: tuple[str, ...] = ("cpu",)) ->
     return build_artifacts(
         "smollm2", smollm2_gguf(), quantization, devices, conv_template="chatml", gen_config_args=SMOLLM2_GEN_CONFIG
     )
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """A folder with SmolLM2's tokenizer.json, as transformers builds it from the GGUF (cached)."""
+    out = cache_root() / "smollm2-tokenizer"
+    if not (out / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        gguf = smollm2_gguf()
+        staging = Path(tempfile.mkdtemp(prefix="smollm2-tokenizer.", dir=cache_root()))
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True).save_pretrained(
+            str(staging))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)
+    return out

@@ -122,3 +122,31 @@ def test_quality_metrics_match_torch() -> None:
     assert abs(got["ppl"] - float(torch.nn.functional.cross_entropy(lib_t, targets).exp())) < 1e-9
     assert abs(got["reference_ppl"] - float(torch.nn.functional.cross_entropy(ref_t, targets).exp())) < 1e-9
     assert got["top1_agreement"] == float((ref_t.argmax(-1) == lib_t.argmax(-1)).double().mean())
+
+
+@pytest.mark.browser
+def test_wllama_rows_run_llama_cpp_on_the_gguf_itself() -> None:
+    """The peer column: llama.cpp's wasm build (npm @wllama/wllama) loads the real SmolLM2 GGUF,
+    sees webrt's prompt ids as the same number of tokens, and decodes greedily on 1 and 2
+    threads (the bench page is cross-origin isolated, so threads are real)."""
+    import model_factory
+    from webrt.tools.bench.browser_bench import BENCH_DIR, WLLAMA_PAGE, BrowserModel, bench_prompt, bench_wllama
+    from webrt.tools.paths import find_node_package
+    from webrt.tools.serve import ArtifactServer
+
+    wllama = find_node_package("@wllama/wllama")
+    if not pyodide_util.pyodide_available() or not (wllama / "esm" / "index.js").is_file():
+        pytest.skip("chromium, playwright or npm @wllama/wllama is missing")
+    gguf, tokenizer_dir = model_factory.smollm2_gguf(), model_factory.smollm2_tokenizer_dir()
+    ids, text = bench_prompt(tokenizer_dir, 12, 49152)
+    model = BrowserModel("smollm2", tokenizer_dir, Path("unused.wasm"), gguf)
+    with ArtifactServer({"/wllama/": wllama, "/bench/": BENCH_DIR}, {"/wllama.html": WLLAMA_PAGE},
+                        {"/gguf/smollm2.gguf": gguf}, csp=None) as server:
+        opts = {"contextWindow": 512, "prefillChunk": 128, "prompt": ids, "promptText": text, "steps": 3, "warmup": 1}
+        runs = [bench_wllama(server, opts, model, threads, 300, print) for threads in (1, 2)]
+    for run in runs:
+        cold = run["cold"]
+        assert cold["crossOriginIsolated"] and cold["promptTokens"] == len(ids) == 12
+        assert cold["predicted"] == 5 and cold["decodeMsPerToken"] > 0 and cold["text"].strip()
+        assert run["warm"]["readyMs"] > 0
+    assert runs[0]["cold"]["text"] == runs[1]["cold"]["text"]  # greedy: threads change speed, not tokens

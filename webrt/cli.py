@@ -153,6 +153,10 @@ def _bench(p: argparse.ArgumentParser) -> None:
         q.add_argument("--warmup", type=int, default=2, help="untimed decode steps first")
         q.add_argument("--prompt-len", type=int, default=8, help="prompt tokens prefilled before decoding")
         q.add_argument("--json", help="also write the raw results here")
+        if kind == "browser":
+            q.add_argument("--gguf", action="append", help="the GGUF a --model was built from, one per --model: "
+                           "adds llama.cpp's wasm build (npm @wllama/wllama) on that file")
+            q.add_argument("--wllama-threads", default="1,2", help="thread counts for the wllama rows")
         if kind == "native":
             q.add_argument("--hf-gguf", help="a GGUF for the HF transformers row (fp32)")
             q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
@@ -202,12 +206,17 @@ def _bench(p: argparse.ArgumentParser) -> None:
         elif a.bench_kind == "browser":
             from webrt.tools.bench.browser_bench import BrowserModel, bench_model
 
-            results = [bench_model(BrowserModel(n, Path(m), Path(lib)), a.steps, a.warmup, a.prompt_len,
-                                   log=lambda line: print(line, file=sys.stderr, flush=True))
-                       for n, m, lib in zip(names, a.model, a.model_lib)]
+            ggufs = a.gguf or []
+            if len(ggufs) > len(a.model):
+                raise ModelConfigError("give at most one --gguf per --model")
+            threads = tuple(int(t) for t in a.wllama_threads.split(","))
+            results = [bench_model(BrowserModel(n, Path(m), Path(lib), Path(ggufs[i]) if i < len(ggufs) else None),
+                                   a.steps, a.warmup, a.prompt_len,
+                                   log=lambda line: print(line, file=sys.stderr, flush=True), wllama_threads=threads)
+                       for i, (n, m, lib) in enumerate(zip(names, a.model, a.model_lib))]
             text = "\n\n".join(
                 part for part in (report.browser_table(results), report.browser_notes(results),
-                                  report.sampling_table(results)) if part
+                                  report.wllama_table(results), report.sampling_table(results)) if part
             )
         else:
             from webrt.tools.bench.native_bench import NativeModel, bench_transformers, bench_webrt_cpu

@@ -24,6 +24,8 @@ from webrt.tools.serve import ArtifactServer, ServedModel, model_file_routes
 BENCH_DIR = Path(__file__).resolve().parent
 JS_PAGE = ("<!doctype html><meta charset='utf-8'><title>tvmjs bench</title>"
            "<script src='/tvmjs/index.js'></script><script src='/bench/tvmjs_bench.js'></script>")
+WLLAMA_PAGE = ("<!doctype html><meta charset='utf-8'><title>wllama bench</title>"
+               "<script type='module' src='/bench/wllama_bench.js'></script>")
 WEBRT_PAGE = ("<!doctype html><meta charset='utf-8'><title>webrt bench</title><script type='module'>"
               "import { bootMain } from '/runtime/boot.js';"
               "window.webrtBoot = bootMain({pyodideURL: '/pyodide/', bundleURL: '/webrt-bundle.zip'})"
@@ -37,6 +39,8 @@ class BrowserModel:
     label: str
     model_dir: Path
     wasm: Path
+    #: the GGUF the model was built from, for the llama.cpp (wllama) rows
+    gguf: Path | None = None
 
     @property
     def slug(self) -> str:
@@ -49,14 +53,39 @@ def _server(models: list[BrowserModel]) -> ArtifactServer:
 
     tvmjs = find_node_package("@mlc-ai/web-runtime") / "lib"
     pyodide = find_node_package("pyodide")
-    for path, what in ((tvmjs / "index.js", "npm @mlc-ai/web-runtime"), (pyodide / "pyodide.mjs", "npm pyodide")):
+    wllama = find_node_package("@wllama/wllama")
+    for path, what in ((tvmjs / "index.js", "npm @mlc-ai/web-runtime"), (pyodide / "pyodide.mjs", "npm pyodide"),
+                       (wllama / "esm" / "index.js", "npm @wllama/wllama")):
         if not path.is_file():
             raise ToolchainError(f"{path} is missing: run `npm ci` in the webrt checkout ({what}).")
-    routes: dict[str, Path] = {"/tvmjs/": tvmjs, "/pyodide/": pyodide, "/runtime/": BOOT_DIR, "/bench/": BENCH_DIR}
+    routes: dict[str, Path] = {"/tvmjs/": tvmjs, "/pyodide/": pyodide, "/runtime/": BOOT_DIR, "/bench/": BENCH_DIR,
+                               "/wllama/": wllama}
     file_routes = model_file_routes([ServedModel(m.model_dir, m.wasm, m.slug) for m in models])
-    files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/webrt-bundle.zip": build_bundle()}
-    # the benchmark's own pages use inline scripts: no CSP, and no isolation (as WebLLM's pages)
-    return ArtifactServer(routes, files, file_routes, isolation=False, csp=None)
+    file_routes.update({f"/gguf/{m.slug}.gguf": m.gguf for m in models if m.gguf is not None})
+    files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/wllama.html": WLLAMA_PAGE,
+             "/webrt-bundle.zip": build_bundle()}
+    # the benchmark's own pages use inline scripts: no CSP; cross-origin isolated, so wllama may
+    # use threads (SharedArrayBuffer)
+    return ArtifactServer(routes, files, file_routes, csp=None)
+
+
+#: The prompt every runtime gets (its first tokens): plain text, so that llama.cpp, which takes a
+#: text prompt, sees the same token ids as the runtimes that take ids.
+BENCH_TEXT = ("The history of the printing press begins long before Gutenberg, with carved wooden blocks "
+              "pressed onto paper and cloth, and the slow spread of that craft along the trade routes of Asia.")
+
+
+def bench_prompt(model_dir: Path, n: int, vocab: int) -> tuple[list[int], str | None]:
+    """The first `n` token ids of BENCH_TEXT by the model's tokenizer.json, and their text; fixed
+    spread-out ids (no text) for a model without a tokenizer.json."""
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        return [(17 + 7919 * i) % vocab for i in range(n)], None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    ids = tokenizer.encode(BENCH_TEXT * (1 + n // 8), add_special_tokens=False).ids[:n]
+    return ids, tokenizer.decode(ids)
 
 
 def _options(model: BrowserModel, server: ArtifactServer, steps: int, warmup: int, prompt_len: int) -> dict[str, Any]:
@@ -64,12 +93,12 @@ def _options(model: BrowserModel, server: ArtifactServer, steps: int, warmup: in
     vocab = int(config["vocab_size"])
     chunk = int(config.get("prefill_chunk_size") or 128)
     context = int(config["context_window_size"])
-    prompt = [(17 + 7919 * i) % vocab for i in range(min(prompt_len, chunk))]  # fixed, spread-out ids
+    prompt, prompt_text = bench_prompt(model.model_dir, min(prompt_len, chunk), vocab)
     slug = model.slug
     return {"modelURL": server.url(f"/models/{slug}/resolve/main/"), "model": f"/models/{slug}/",
             "wasmURL": server.url(f"/libs/{slug}/{model.wasm.name}"),
             "wasm": f"/libs/{slug}/{model.wasm.name}", "contextWindow": context, "prefillChunk": chunk,
-            "prompt": prompt, "steps": steps, "warmup": warmup}
+            "prompt": prompt, "promptText": prompt_text, "steps": steps, "warmup": warmup}
 
 
 def _run_tvmjs(page: Page, opts: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -91,9 +120,26 @@ def _run_webrt(page: Page, server: ArtifactServer, opts: dict[str, Any], timeout
     return out
 
 
+def bench_wllama(server: ArtifactServer, opts: dict[str, Any], model: BrowserModel, threads: int,
+                  timeout_s: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """llama.cpp (wllama) on the model's GGUF with `threads` threads: cold, then warm (page reloaded)."""
+    run_opts = {**opts, "ggufURL": server.url(f"/gguf/{model.slug}.gguf"), "threads": threads}
+    out: dict[str, Any] = {"threads": threads}
+    with chromium_page() as page:
+        for phase, phase_opts in (("cold", run_opts), ("warm", {**run_opts, "steps": 0})):
+            log(f"[bench] {model.label}: wllama, {threads} thread(s), {phase} cache ...")
+            page.goto(server.url("/wllama.html"))
+            page.evaluate("async () => { while (!window.webrtBenchWllamaReady) await new Promise(r => setTimeout(r, 20)); }",
+                          timeout_s=60)
+            out[phase] = page.evaluate("(opts) => webrtBenchWllama(opts)", phase_opts, timeout_s=timeout_s)
+    return out
+
+
 def bench_model(model: BrowserModel, steps: int = 8, warmup: int = 2, prompt_len: int = 8,
-                timeout_s: float = 900, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Both runtimes on one model: {"tvmjs": {cold, warm}, "webrt": {cold, warm}, ...}."""
+                timeout_s: float = 900, log: Callable[[str], None] = print,
+                wllama_threads: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """Both runtimes on one model: {"tvmjs": {cold, warm}, "webrt": {cold, warm}, ...}; with
+    `model.gguf`, llama.cpp's wasm build (wllama) on that file too, once per thread count."""
     out: dict[str, Any] = {"label": model.label}
     with _server([model]) as server:
         opts = _options(model, server, steps, warmup, prompt_len)
@@ -110,6 +156,8 @@ def bench_model(model: BrowserModel, steps: int = 8, warmup: int = 2, prompt_len
                         else _run_webrt(page, server, warm_opts, timeout_s))
                 errors = [m for m in page.console if m.startswith(("error", "pageerror"))]
             out[runtime] = {"cold": cold, "warm": warm, "console_errors": errors[:5]}
+        if model.gguf is not None:
+            out["wllama"] = [bench_wllama(server, opts, model, threads, timeout_s, log) for threads in wllama_threads]
     out["tokens_equal"] = out["tvmjs"]["cold"]["tokens"] == out["webrt"]["cold"]["tokens"]
     out["summary"] = summarize(out)
     return out

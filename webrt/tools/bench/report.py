@@ -65,3 +65,18 @@ def quality_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['label']} | {r['quantization']} | {r['tokens']} | {r['ppl']:.3f} | {r['reference_ppl']:.3f} "
                      f"| {r['ppl_delta_pct']:+.2f}% | {r['mean_kl']:.4f} | {100 * r['top1_agreement']:.1f}% |")
     return "\n".join(lines)
+
+
+def wllama_table(results: list[dict[str, Any]]) -> str:
+    """The peer: llama.cpp's wasm build (wllama) on the GGUF, beside webrt's decode step."""
+    rows = [r for r in results if r.get("wllama")]
+    lines = ["| model | runtime | threads | ready, cold cache | ready, warm cache | prefill | decode ms/token "
+             "| webrt's step / this |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        webrt_step = r["summary"]["webrt_step_ms"]
+        for w in r["wllama"]:
+            cold = w["cold"]
+            lines.append(f"| {r['label']} | llama.cpp wasm (wllama), GGUF | {w['threads']} | {_s(cold['readyMs'])} | "
+                         f"{_s(w['warm']['readyMs'])} | {cold['prefillMs']:.0f} ms ({cold['promptTokens']} tokens) | "
+                         f"{cold['decodeMsPerToken']:.1f} | {webrt_step / cold['decodeMsPerToken']:.1f}x |")
+    return "\n".join(lines) if rows else ""
