@@ -1,8 +1,9 @@
 """The rules of ``mlc-chat-config.json`` that every host shares (CPython and Pyodide).
 
-One home for what the compiler, the engine, the browser loader and the cache agree on: the KV
-cache window a config asks for (:func:`window_config`). Pure Python (the standard library and
-:mod:`webrt.errors` only), so the browser runtime imports it without the engine.
+One home for what the compiler, the engine, the browser loader, the cache and the dev server
+agree on: the file's name, the tokenizer files a model has, the browser cache backends, and the
+KV cache window a config asks for (:func:`window_config`). Pure Python (the standard library
+and :mod:`webrt.errors` only), so every package imports it without pulling in the engine.
 """
 
 from __future__ import annotations
@@ -12,6 +13,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from webrt.errors import ContextWindowSizeExceededError, ModelConfigError
+
+#: The chat config's name in a model folder (next to the weights).
+CHAT_CONFIG_FILE = "mlc-chat-config.json"
+#: The tokenizer file webrt's tokenizer reads, and the optional one with its settings.
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
+#: Every tokenizer file a model's ``tokenizer_files`` may list (and so a model cache may hold).
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG_JSON, "tokenizer.model")
+#: Where the browser keeps model files (``AppConfig.cache_backend``): Cache Storage or IndexedDB.
+CACHE_BACKENDS = ("cache", "indexeddb")
+
+
+def tokenizer_files(settings: Mapping[str, Any]) -> list[str]:
+    """The config's ``tokenizer_files``; a config that lists none has only ``tokenizer.json``."""
+    return list(settings.get("tokenizer_files") or [TOKENIZER_JSON])
 
 
 def read_int(settings: Mapping[str, Any], name: str, default: int) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from webrt import __version__
+from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.compiler.output import staged_output_dir
 from webrt.compiler.quantization import get_quantization
 from webrt.compiler.sources import GGUFSource, open_source
@@ -19,7 +20,6 @@ from webrt.errors import ModelConfigError
 from webrt.models import MODEL_TYPES, check_architecture
 from webrt.models.config import TransformerConfig
 
-CHAT_CONFIG_NAME = "mlc-chat-config.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -192,7 +192,7 @@ def gen_config(
                     **_token_ids(source.config, source if is_gguf else None),
                 }
             )
-            (staging / CHAT_CONFIG_NAME).write_text(json.dumps(chat_config, indent=2))
+            (staging / CHAT_CONFIG_FILE).write_text(json.dumps(chat_config, indent=2))
         return chat_config
     finally:
         source.close()
@@ -216,7 +216,7 @@ def load_chat_config(path: str | Path) -> dict[str, Any]:
     """Read and validate an mlc-chat-config.json (a folder holding one also works)."""
     p = Path(path)
     if p.is_dir():
-        p = p / CHAT_CONFIG_NAME
+        p = p / CHAT_CONFIG_FILE
     if not p.is_file():
         raise ModelConfigError(f"{p} does not exist; run `webrt gen_config` first.")
     try:

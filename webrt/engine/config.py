@@ -14,12 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from webrt.chat_config import WindowConfig, read_int, window_config
+from webrt.chat_config import CACHE_BACKENDS, WindowConfig, read_int, tokenizer_files, window_config
 from webrt.conversation import Conversation, conv_template_from_config
 from webrt.engine.vocabulary import postproc_method
 from webrt.errors import ModelConfigError, ModelNotFoundError
-
-CACHE_BACKENDS = ("cache", "indexeddb")
 
 
 @dataclass
@@ -219,7 +217,7 @@ def merge_chat_config(
         presence_penalty=_number(merged, "presence_penalty", 0.0),
         frequency_penalty=_number(merged, "frequency_penalty", 0.0),
         repetition_penalty=repetition,
-        tokenizer_files=list(merged.get("tokenizer_files") or ["tokenizer.json"]),
+        tokenizer_files=tokenizer_files(merged),
         token_postproc_method=postproc_method(merged),
         bos_token_id=bos if isinstance(bos, int) else None,
         eos_token_id=eos if isinstance(eos, int) else None,

@@ -20,6 +20,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+from webrt.chat_config import CHAT_CONFIG_FILE, TOKENIZER_CONFIG_JSON, TOKENIZER_JSON
 from webrt.engine.config import AppConfig, ChatOptions, ModelRecord, as_id_list, merge_chat_config
 from webrt.engine.generation import Generation, GenerationConfig, RoundStats, Step, resolve_generation_config
 from webrt.engine.loaded_model import LoadedModel
@@ -48,8 +49,6 @@ from webrt.errors import (
     WeightFileError,
 )
 from webrt.tokenizer import Tokenizer
-
-CHAT_CONFIG_FILE = "mlc-chat-config.json"
 
 
 @contextlib.asynccontextmanager
@@ -161,15 +160,17 @@ class Engine:
         return model
 
     async def _load_tokenizer(self, record: ModelRecord, files: list[str]) -> Tokenizer:
-        if "tokenizer.json" not in files:
+        if TOKENIZER_JSON not in files:
             raise TokenizerError(
-                f"model {record.model_id!r} lists tokenizer files {files}; webrt needs tokenizer.json "
+                f"model {record.model_id!r} lists tokenizer files {files}; webrt needs {TOKENIZER_JSON} "
                 "(convert the tokenizer with HF `tokenizers` and re-run `webrt gen_config`)."
             )
-        text = await self.loader.read_text(record, "tokenizer.json")
+        text = await self.loader.read_text(record, TOKENIZER_JSON)
         if text is None:
-            raise TokenizerError(f"{record.model} lacks tokenizer.json; re-run `webrt gen_config` into it.")
-        config_text = await self.loader.read_text(record, "tokenizer_config.json") if "tokenizer_config.json" in files else None
+            raise TokenizerError(f"{record.model} lacks {TOKENIZER_JSON}; re-run `webrt gen_config` into it.")
+        config_text = None
+        if TOKENIZER_CONFIG_JSON in files:
+            config_text = await self.loader.read_text(record, TOKENIZER_CONFIG_JSON)
         return Tokenizer.from_json_str(text, config_text)
 
     async def unload(self) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from webrt.engine.config import ChatConfig
 from webrt.engine.json_grammar import JsonMatcher
 from webrt.engine.json_schema import SchemaGrammar
+from webrt.engine.model_runner import GREEDY_TEMPERATURE
 from webrt.engine.protocol import GenerationRequest
 from webrt.engine.stop import StopStringMatcher
 from webrt.errors import InvalidRequestError, WebrtError
@@ -27,8 +28,6 @@ from webrt.tokenizer import StreamingDetokenizer
 
 if TYPE_CHECKING:
     from webrt.engine.loaded_model import LoadedModel
-
-GREEDY_TEMPERATURE = 1e-5
 
 
 @dataclass

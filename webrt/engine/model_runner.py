@@ -16,6 +16,8 @@ from webrt.engine.backend import Backend
 from webrt.errors import ModelLibraryError
 
 PAGE_SIZE = 16
+#: At or below this temperature sampling is argmax (greedy).
+GREEDY_TEMPERATURE = 1e-5
 REQUIRED_FUNCTIONS = ("embed", "decode", "create_tir_paged_kv_cache", "argmax_logits", "softmax_with_temperature")
 
 
@@ -161,7 +163,7 @@ class ModelRunner:
         ``sort=True`` (for benchmarks), sort first (``argsort_probs`` + ``sample_with_top_p``,
         WebLLM's pair).
         """
-        if temperature <= 1e-5:
+        if temperature <= GREEDY_TEMPERATURE:
             return self.argmax(logits)
         b = self.backend
         probs = b.view(self.probs(logits, temperature), (1, self.vocab_size))

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from webrt.chat_config import CHAT_CONFIG_FILE, TOKENIZER_FILES
 from webrt.ndarray_cache.artifact_cache import ArtifactCache
 from webrt.ndarray_cache.format import INDEX_NAMES
-from webrt.ndarray_cache.urls import CHAT_CONFIG_FILE, TOKENIZER_FILES, absolute_url, clean_model_url, join_url
+from webrt.ndarray_cache.urls import absolute_url, clean_model_url, join_url
 
 
 def model_base_url(record: Any, base: str | None = None) -> str:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from webrt.chat_config import CACHE_BACKENDS
 from webrt.errors import FetchError
-
-BACKENDS = ("cache", "indexeddb")
 
 
 class ArtifactStore(Protocol):
@@ -179,7 +178,7 @@ def open_store(scope: str, backend: str = "cache") -> ArtifactStore:
         return CacheStorageStore(scope)
     if backend == "indexeddb":
         return IndexedDBStore(scope)
-    raise ValueError(f"cache backend must be one of {BACKENDS}, got {backend!r}")
+    raise ValueError(f"cache backend must be one of {CACHE_BACKENDS}, got {backend!r}")
 
 
 async def get_text(store: ArtifactStore, url: str) -> str | None:

@@ -17,9 +17,6 @@ WASM_SCOPE = "webrt/wasm"  # model libraries (.wasm)
 KERNELS_SCOPE = "webrt/kernels"  # per library: the WebGPU kernels a model actually launched
 SCOPES = (MODEL_SCOPE, CONFIG_SCOPE, WASM_SCOPE, KERNELS_SCOPE)
 
-CHAT_CONFIG_FILE = "mlc-chat-config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
 _HAS_REVISION = re.compile(r".+/resolve/[^/]+/")
 
 

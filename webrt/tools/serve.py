@@ -40,11 +40,11 @@ from http import HTTPStatus
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.errors import ModelConfigError, ToolchainError, WeightFileError
 from webrt.ndarray_cache.format import INDEX_NAMES, TensorCacheIndex
 from webrt.tools.paths import BOOT_DIR, default_site_dir, find_node_package
 
-CHAT_CONFIG = "mlc-chat-config.json"
 MIME = {
     ".wasm": "application/wasm",
     ".js": "text/javascript",
@@ -101,7 +101,7 @@ def _safe_relative(name: Any, where: Path, what: str) -> str:
 def model_files(model_dir: Path) -> list[str]:
     """The files of `model_dir` a browser needs, relative to it: the chat config, the tokenizer
     files it lists, the tensor-cache index(es) and their shards. Raises if one is missing."""
-    config_path = model_dir / CHAT_CONFIG
+    config_path = model_dir / CHAT_CONFIG_FILE
     try:
         config = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -110,7 +110,7 @@ def model_files(model_dir: Path) -> list[str]:
     tokenizer_files = config.get("tokenizer_files", []) if isinstance(config, dict) else None
     if not isinstance(tokenizer_files, list):
         raise WeightFileError(f"{config_path}: tokenizer_files is not a list; run `webrt gen_config` again.")
-    names = [CHAT_CONFIG, *(_safe_relative(n, config_path, "tokenizer file") for n in tokenizer_files)]
+    names = [CHAT_CONFIG_FILE, *(_safe_relative(n, config_path, "tokenizer file") for n in tokenizer_files)]
     indexes = [n for n in INDEX_NAMES if (model_dir / n).is_file()]
     if not indexes:
         raise WeightFileError(f"{model_dir} has no {INDEX_NAMES[0]}; run `webrt convert_weight` into it.")
@@ -138,9 +138,9 @@ class ServedModel:
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir).expanduser().resolve()
         self.model_lib = Path(self.model_lib).expanduser().resolve()
-        config = self.model_dir / CHAT_CONFIG
+        config = self.model_dir / CHAT_CONFIG_FILE
         if not config.is_file():
-            raise WeightFileError(f"{self.model_dir} has no {CHAT_CONFIG}; run `webrt convert_weight` and "
+            raise WeightFileError(f"{self.model_dir} has no {CHAT_CONFIG_FILE}; run `webrt convert_weight` and "
                                   "`webrt gen_config` into it.")
         if self.model_lib.suffix != ".wasm" or not self.model_lib.is_file():
             raise ModelConfigError(f"{self.model_lib} is not a .wasm file; build one with "
