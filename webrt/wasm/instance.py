@@ -428,7 +428,7 @@ class Instance:
         st = self._shapes.get(vals)
         if st is None:
             st = self.global_function("ffi.Shape")(*vals)
-            st._values = vals
+            st.know_values(vals)
             if len(self._shapes) >= 4096:
                 self._shapes.clear()
             self._shapes[vals] = st
@@ -451,7 +451,7 @@ class Instance:
             raise ValueError(f"negative dimension in shape {shape}")
         dt = DataType.parse(dtype) if isinstance(dtype, str) else dtype
         tensor = self.global_function("runtime.TVMTensorAllocWithScope")(self.shape_tuple(shape), str(dt), device, None)
-        tensor._shape = shape
+        tensor.know_shape(shape)
         return tensor
 
     def view(self, tensor: Tensor, shape: Sequence[int]) -> Tensor:
@@ -467,7 +467,7 @@ class Instance:
         if old != new:
             raise ValueError(f"cannot view a tensor of shape {tensor.shape} as {shape}")
         out = self.global_function("vm.builtin.reshape")(tensor, self.shape_tuple(shape))
-        out._shape = shape
+        out.know_shape(shape)
         return out
 
     def dispose(self) -> None:

@@ -2,14 +2,16 @@
 ShapeTuple, Array.
 
 A wrapper owns one reference: it is released when the wrapper is garbage collected (CPython's
-reference counting makes that prompt) or explicitly with `dispose()`.
+reference counting makes that prompt) or explicitly with `dispose()`. Wrappers reach their
+instance (`webrt.wasm.instance.Instance`) only through the `ObjectHost` protocol, so this module
+does not import the instance module.
 """
 
 from __future__ import annotations
 
 import struct
 from functools import reduce
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
 from webrt.wasm.ffi import (
     ANY_SIZE,
@@ -22,9 +24,23 @@ from webrt.wasm.ffi import (
     unpack_dltensor,
     unpack_int64s,
 )
+from webrt.wasm.memory import Memory
 
-if TYPE_CHECKING:
-    from webrt.wasm.instance import Instance
+
+class ObjectHost(Protocol):
+    """What the wrappers use of the instance that owns their objects."""
+
+    memory: Memory
+
+    def dec_ref(self, handle: int) -> None: ...
+
+    def type_key(self, type_index: int) -> str: ...
+
+    def call_packed(self, handle: int, args: Sequence[Any]) -> Any: ...
+
+    def module_get_function(self, mod: Module, name: str, query_imports: bool = True) -> Function | None: ...
+
+    def borrow_any(self, raw: bytes | bytearray | memoryview, off: int = 0) -> Any: ...
 
 
 class Object:
@@ -32,7 +48,7 @@ class Object:
 
     __slots__ = ("inst", "handle", "type_index", "__weakref__")
 
-    def __init__(self, inst: Instance, handle: int, type_index: int = TypeIndex.OBJECT):
+    def __init__(self, inst: ObjectHost, handle: int, type_index: int = TypeIndex.OBJECT):
         self.inst = inst
         self.handle = handle
         self.type_index = type_index
@@ -63,7 +79,7 @@ class Function(Object):
 
     __slots__ = ("name",)
 
-    def __init__(self, inst: Instance, handle: int, name: str = ""):
+    def __init__(self, inst: ObjectHost, handle: int, name: str = ""):
         super().__init__(inst, handle, TypeIndex.FUNCTION)
         self.name = name
 
@@ -79,7 +95,7 @@ class Module(Object):
 
     __slots__ = ("_functions",)
 
-    def __init__(self, inst: Instance, handle: int):
+    def __init__(self, inst: ObjectHost, handle: int):
         super().__init__(inst, handle, TypeIndex.MODULE)
         self._functions: dict[str, Function | None] = {}
 
@@ -108,8 +124,12 @@ class ShapeTuple(Object):
 
     __slots__ = ("_values",)
 
-    def __init__(self, inst: Instance, handle: int, values: tuple[int, ...] | None = None):
+    def __init__(self, inst: ObjectHost, handle: int, values: tuple[int, ...] | None = None):
         super().__init__(inst, handle, TypeIndex.SHAPE)
+        self._values = values
+
+    def know_values(self, values: tuple[int, ...]) -> None:
+        """Record the values the shape was created with (saves reading them back)."""
         self._values = values
 
     @property
@@ -139,7 +159,7 @@ class Array(Object):
 
     __slots__ = ()
 
-    def __init__(self, inst: Instance, handle: int):
+    def __init__(self, inst: ObjectHost, handle: int):
         super().__init__(inst, handle, TypeIndex.ARRAY)
 
     def _cell(self) -> tuple[int, int]:
@@ -168,10 +188,14 @@ class Tensor(Object):
 
     __slots__ = ("_info", "_shape")
 
-    def __init__(self, inst: Instance, handle: int):
+    def __init__(self, inst: ObjectHost, handle: int):
         super().__init__(inst, handle, TypeIndex.TENSOR)
         self._info: DLTensorInfo | None = None
         self._shape: tuple[int, ...] | None = None
+
+    def know_shape(self, shape: tuple[int, ...]) -> None:
+        """Record the shape the tensor was created with (saves reading it back)."""
+        self._shape = shape
 
     @property
     def dltensor_ptr(self) -> int:
@@ -222,7 +246,7 @@ class TensorView:
     __slots__ = ("inst", "ptr", "_info")
     type_index = TypeIndex.DLTENSOR_PTR
 
-    def __init__(self, inst: Instance, ptr: int):
+    def __init__(self, inst: ObjectHost, ptr: int):
         self.inst, self.ptr = inst, ptr
         self._info = unpack_dltensor(inst.memory.read(ptr, DLTENSOR_SIZE))
 

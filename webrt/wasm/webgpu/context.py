@@ -12,7 +12,7 @@ allocates per launch on the JS side except what Pyodide needs to call a method.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from webrt.errors import DeviceLostError
 from webrt.wasm.webgpu.buffers import BufferTable
@@ -287,6 +287,27 @@ class WebGPUContext:
         self.stats.submits += 1
         if self.storage.has_freed:
             self.storage.release_freed()
+
+    def use_buffers(self, ptrs: Sequence[int]) -> None:
+        """Note that recorded, unsubmitted commands use buffers `ptrs` (a later write submits first)."""
+        self._pending.update(ptrs)
+
+    def dispatch(self, pipeline: Any, group: Any, pack_uniforms: Callable[..., None], values: Sequence[Any],
+                 x: int, y: int, z: int) -> None:
+        """Record one launch of `pipeline` over bind group `group`: its uniforms (`values`, written by
+        `pack_uniforms(buffer, offset, *values)`) go into the batch's next slot."""
+        slot = self._slots
+        if slot >= UNIFORM_SLOTS:
+            self.flush()
+            slot = 0
+        self._slots = slot + 1
+        pack_uniforms(self._ustage, slot * self.uniform_slot, *values)
+        if self._pass is None:
+            self._begin_pass()
+        self._set_pipeline(pipeline)
+        self._set_bind_group(0, group, self._offsets, slot, 1)
+        self._dispatch(x, y, z)
+        self.stats.dispatches += 1
 
     def bind_group(self, kernel: Kernel, key: tuple[int, ...], ptrs: Sequence[int]) -> Any:
         """Create and cache the bind group of `kernel` over buffer ids `ptrs` (key: kernel id and

@@ -59,4 +59,3 @@ def register_device_api(inst: Any, ctx: WebGPUContext) -> None:
     inst.register_func("wasm.WebGPUDeviceAPI", device_api, override=True)
     inst.register_func("wasm.WebGPUCreateShader", create_shader, override=True)
     inst.register_func("__asyncify.WebGPUWaitForTasks", lambda: ctx.stream_sync(), override=True)
-    ctx._device_api_functions = functions  # type: ignore[attr-defined]

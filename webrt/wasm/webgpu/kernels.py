@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 from webrt.errors import ModelLibraryError
 
@@ -85,10 +85,24 @@ def fold_grid(x: int, z: int) -> tuple[int, int]:
     return x, z
 
 
+class LaunchContext(Protocol):
+    """What `Kernel.launch` uses of its `webrt.wasm.webgpu.context.WebGPUContext`."""
+
+    memory: Any
+    storage: Any  # webrt.wasm.webgpu.buffers.BufferTable
+
+    def bind_group(self, kernel: Kernel, key: tuple[int, ...], ptrs: Sequence[int]) -> Any: ...
+
+    def use_buffers(self, ptrs: Sequence[int]) -> None: ...
+
+    def dispatch(self, pipeline: Any, group: Any, pack_uniforms: Callable[..., None], values: Sequence[Any],
+                 x: int, y: int, z: int) -> None: ...
+
+
 class Kernel:
     """One compiled WGSL kernel; `launch` is the raw packed-function body the wasm calls."""
 
-    def __init__(self, ctx: Any, spec: KernelSpec, bind_group_layout: Any, pipeline: Any):
+    def __init__(self, ctx: LaunchContext, spec: KernelSpec, bind_group_layout: Any, pipeline: Any):
         self.ctx, self.spec = ctx, spec
         self.bind_group_layout = bind_group_layout
         self.pipeline = pipeline
@@ -112,14 +126,13 @@ class Kernel:
             if d < 3:
                 grid_src[d] = nfixed + i
         gx, gy, gz = grid_src
-        ustage = ctx._ustage
-        slot_size = ctx.uniform_slot
         bind_groups = ctx.storage.bind_groups
         serials = ctx.storage.serials
-        pending_add = ctx._pending.add
+        bind_group = ctx.bind_group
+        use_buffers = ctx.use_buffers
+        dispatch = ctx.dispatch
         kernel = self
         pipeline = self.pipeline
-        stats = ctx.stats
         read = ctx.memory.read
         name = spec.name
 
@@ -139,21 +152,9 @@ class Kernel:
             key = (kernel.id, *[serials[p] for p in ptrs])
             group = bind_groups.get(key)
             if group is None:
-                group = ctx.bind_group(kernel, key, ptrs)
-            for p in ptrs:
-                pending_add(p)
-            slot = ctx._slots
-            if slot >= UNIFORM_SLOTS:
-                ctx.flush()
-                slot = 0
-            ctx._slots = slot + 1
-            pack_pod(ustage, slot * slot_size, *[vals[i] for i in pod_idx], pack_x)
-            if ctx._pass is None:
-                ctx._begin_pass()
-            ctx._set_pipeline(pipeline)
-            ctx._set_bind_group(0, group, ctx._offsets, slot, 1)
-            ctx._dispatch(wx, wy, wz)
-            stats.dispatches += 1
+                group = bind_group(kernel, key, ptrs)
+            dispatch(pipeline, group, pack_pod, (*[vals[i] for i in pod_idx], pack_x), wx, wy, wz)
+            use_buffers(ptrs)  # after dispatch: a full batch is submitted first, this launch opens the next
             kernel.launches += 1
             return 0
 
