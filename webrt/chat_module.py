@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from webrt.engine import AppConfig, ChatOptions, Engine, ModelRecord
-from webrt.engine.loader import InitProgressCallback
+from webrt.engine.progress import InitProgressCallback
 from webrt.errors import InvalidRequestError, WebrtError
 
 

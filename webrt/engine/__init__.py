@@ -9,7 +9,8 @@ from webrt.engine.config import AppConfig, ChatConfig, ChatOptions, ModelRecord,
 from webrt.engine.engine import Engine, create_engine
 from webrt.engine.json_grammar import JsonMatcher, JsonTokenIndex
 from webrt.engine.json_schema import SchemaGrammar
-from webrt.engine.loader import InitProgressReport, ModelLoader, NativeModelLoader
+from webrt.engine.loader import ModelLoader, NativeModelLoader
+from webrt.engine.progress import InitProgressReport
 from webrt.engine.stop import StopStringMatcher
 
 __all__ = [

@@ -24,8 +24,9 @@ from webrt.chat_config import CHAT_CONFIG_FILE, TOKENIZER_CONFIG_JSON, TOKENIZER
 from webrt.engine.config import AppConfig, ChatOptions, ModelRecord, as_id_list, merge_chat_config
 from webrt.engine.generation import Generation, GenerationConfig, RoundStats, Step, resolve_generation_config
 from webrt.engine.loaded_model import LoadedModel
-from webrt.engine.loader import InitProgressCallback, ModelLoader, ProgressReporter, default_loader
+from webrt.engine.loader import ModelLoader, default_loader
 from webrt.engine.model_runner import ModelRunner
+from webrt.engine.progress import InitProgressCallback, ProgressReporter
 from webrt.engine.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -174,11 +175,14 @@ class Engine:
         return Tokenizer.from_json_str(text, config_text)
 
     async def unload(self) -> None:
-        """Drop every loaded model (waiting for requests in flight to finish)."""
-        for model in list(self._models.values()):
+        """Drop every loaded model (waiting for requests in flight to finish) and close its backend."""
+        models = list(self._models.values())
+        for model in models:
             async with model.lock:
                 pass
         self._models.clear()
+        for model in models:
+            model.runner.backend.close()
 
     # --- control ------------------------------------------------------------------------------
     async def interrupt_generate(self) -> None:

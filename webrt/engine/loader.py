@@ -9,27 +9,13 @@ WebGPU, fetch + Cache Storage) implements the same protocol.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from webrt.engine.backend import Backend
 from webrt.engine.config import ModelRecord
+from webrt.engine.progress import InitProgressCallback, ProgressReporter
 from webrt.errors import ModelLibraryError, WeightFileError
-
-
-@dataclass
-class InitProgressReport:
-    """Loading progress (WebLLM's ``InitProgressReport``): ``progress`` goes from 0 to 1."""
-
-    progress: float
-    time_elapsed: float
-    text: str
-
-
-InitProgressCallback = Callable[[InitProgressReport], None]
 
 
 class ModelLoader(Protocol):
@@ -42,18 +28,6 @@ class ModelLoader(Protocol):
         self, record: ModelRecord, chat_config: dict[str, Any], progress_callback: InitProgressCallback | None
     ) -> Backend:
         """The model library with its weights on the device, ready for a ModelRunner."""
-
-
-class ProgressReporter:
-    """Calls a progress callback with the time since loading began."""
-
-    def __init__(self, callback: InitProgressCallback | None):
-        self.callback = callback
-        self.start = time.monotonic()
-
-    def __call__(self, progress: float, text: str) -> None:
-        if self.callback is not None:
-            self.callback(InitProgressReport(progress, time.monotonic() - self.start, text))
 
 
 class NativeModelLoader:

@@ -12,7 +12,7 @@ backend, and fetches through them:
   error is raised once the other downloads in flight have finished. A later load fetches only
   the missing shards.
 
-Progress reports have WebLLM's ``InitProgressReport`` shape: ``{"progress", "timeElapsed", "text"}``.
+Progress reports are the engine's ``InitProgressReport`` (WebLLM's: progress, timeElapsed, text).
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from webrt.engine.progress import InitProgressCallback, InitProgressReport
 from webrt.errors import FetchError, WeightFileError
 from webrt.ndarray_cache.fetch import fetch_optional_text, fetch_verified
 from webrt.ndarray_cache.format import INDEX_NAME, INDEX_NAMES, LEGACY_INDEX_NAME, ShardRecord, TensorCacheIndex
 from webrt.ndarray_cache.store import ArtifactStore, get_text, open_store
 from webrt.ndarray_cache.urls import CONFIG_SCOPE, KERNELS_SCOPE, MODEL_SCOPE, WASM_SCOPE, join_url
 
-ProgressCallback = Callable[[dict[str, Any]], None]
 DEFAULT_CONCURRENCY = 4
 _REPORT_EVERY_S = 0.25
 
@@ -128,7 +128,7 @@ class ArtifactCache:
         return True
 
     async def iter_shards(self, base_url: str, shards: Sequence[ShardRecord],
-                          progress: ProgressCallback | None = None) -> AsyncIterator[tuple[ShardRecord, Any]]:
+                          progress: InitProgressCallback | None = None) -> AsyncIterator[tuple[ShardRecord, Any]]:
         """Yield ``(shard, ArrayBuffer)`` for every shard, in completion order (see module docstring)."""
         shards = list(shards)
         if not shards:
@@ -219,7 +219,7 @@ def _first_bytes(data: Any, n: int) -> bytes:
 class _ShardProgress:
     """WebLLM's "Fetching param cache[i/n]" / "Loading model from cache[i/n]" reports."""
 
-    def __init__(self, shards: list[ShardRecord], callback: ProgressCallback | None, cache_only: bool):
+    def __init__(self, shards: list[ShardRecord], callback: InitProgressCallback | None, cache_only: bool):
         self.callback = callback
         self.cache_only = cache_only
         self.total = sum(s.nbytes for s in shards) or 1
@@ -256,4 +256,4 @@ class _ShardProgress:
             text = (f"Fetching param cache[{self.done}/{self.count}]: {self.done_bytes / 2**20:.1f}MB fetched. "
                     f"{int(frac * 100)}% completed, {elapsed:.0f} secs elapsed. It can take a while when we first "
                     "visit this page to populate the cache. Later refreshes will become faster.")
-        self.callback({"progress": frac, "timeElapsed": elapsed, "text": text})
+        self.callback(InitProgressReport(frac, elapsed, text))

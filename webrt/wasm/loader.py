@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.engine.config import AppConfig, ModelRecord
-from webrt.engine.loader import InitProgressCallback, ProgressReporter
+from webrt.engine.progress import InitProgressCallback, ProgressReporter
 from webrt.ndarray_cache.artifact_cache import ArtifactCache
 from webrt.ndarray_cache.cache_helpers import library_url, model_base_url
 from webrt.ndarray_cache.urls import join_url
@@ -103,22 +103,6 @@ class KernelTrackingBackend(WasmBackend):
         return sorted(self._saved)
 
 
-class _Progress:
-    """One progress bar over two concurrent phases (weights, pipelines)."""
-
-    def __init__(self, report: ProgressReporter, start: float, end: float):
-        self.report, self.start, self.end = report, start, end
-        self.parts = {"weights": 0.0, "pipelines": 0.0}
-
-    def phase(self, name: str, share: float) -> Any:
-        def callback(event: dict[str, Any]) -> None:
-            self.parts[name] = float(event.get("progress", 0.0)) * share
-            total = min(1.0, sum(self.parts.values()))
-            self.report(self.start + (self.end - self.start) * total, str(event.get("text", "")))
-
-        return callback
-
-
 class WebGPUModelLoader:
     """`ModelLoader` for Pyodide + WebGPU (see the module docstring)."""
 
@@ -149,12 +133,12 @@ class WebGPUModelLoader:
         kernels = await self.cache.launched_kernels(wasm_url) if self.use_kernel_list else None
         known = runtime.kernel_infos()
         wanted = None if kernels is None else [k for k in kernels if k in known]
-        progress = _Progress(report, 0.05, 0.99)
+        progress = report.phases({"weights": _WEIGHTS_SHARE, "pipelines": 1 - _WEIGHTS_SHARE}, 0.05, 0.99)
         t_phases = time.perf_counter()
         weights = asyncio.ensure_future(
-            self._load_params(runtime, model_base_url(record), progress.phase("weights", _WEIGHTS_SHARE)))
+            self._load_params(runtime, model_base_url(record), progress["weights"]))
         pipelines = asyncio.ensure_future(
-            runtime.load_pipelines(wanted, progress.phase("pipelines", 1 - _WEIGHTS_SHARE)))
+            runtime.load_pipelines(wanted, progress["pipelines"]))
         try:
             params, pipelines_s = await asyncio.gather(weights, pipelines)
         except BaseException:

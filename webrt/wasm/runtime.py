@@ -32,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from webrt.engine.progress import InitProgressCallback, InitProgressReport
 from webrt.errors import ModelLibraryError
 from webrt.wasm.ffi import AllocatorKind, DeviceType
 from webrt.wasm.instance import Instance
@@ -42,8 +43,6 @@ from webrt.wasm.webgpu.context import WebGPUContext
 from webrt.wasm.webgpu.device import GPUInfo
 from webrt.wasm.webgpu.device_api import register_device_api
 from webrt.wasm.webgpu.features import check_library
-
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 class Runtime:
@@ -94,7 +93,7 @@ class Runtime:
             raise ModelLibraryError("the model library has no WebGPU module (was it compiled for webgpu?)")
         return json.loads(get_fmap())
 
-    async def load_pipelines(self, names: Sequence[str] | None = None, progress: ProgressCallback | None = None,
+    async def load_pipelines(self, names: Sequence[str] | None = None, progress: InitProgressCallback | None = None,
                              report_every_s: float = 1.0, concurrency: int = 8) -> float:
         """Create the compute pipelines of `names` (default: every kernel) with
         `createComputePipelineAsync`, up to `concurrency` at a time (the browser compiles them in
@@ -132,9 +131,8 @@ class Runtime:
             if progress is not None and (now - last >= report_every_s or done == len(todo)):
                 last = now
                 frac = done / len(todo)
-                progress({"progress": frac, "timeElapsed": now - t0,
-                          "text": f"Loading GPU shader modules [{done}/{len(todo)}]: {int(frac * 100)}% completed, "
-                                  f"{now - t0:.1f} secs elapsed."})
+                progress(InitProgressReport(frac, now - t0, f"Loading GPU shader modules [{done}/{len(todo)}]: "
+                                            f"{int(frac * 100)}% completed, {now - t0:.1f} secs elapsed."))
 
         await asyncio.gather(*(create(name) for name in todo))
         self.timings["pipelines_s"] = time.perf_counter() - t0
