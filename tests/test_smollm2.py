@@ -24,7 +24,7 @@ import transformers
 from tvm.contrib import tvmjs
 
 from model_factory import smollm2_artifacts, smollm2_gguf
-from webrt.compiler.quantization import dequantize_grouped, get_quantization
+from webrt.compiler.quantization import Quantization, get_quantization
 from webrt.compiler.wasm_export import wasm_imports
 from webrt.engine.model_runner import ModelRunner, WindowConfig
 from webrt.native.backend import NativeBackend
@@ -102,6 +102,18 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def dequantize_grouped(q_weight: np.ndarray, q_scale: np.ndarray, quant: Quantization) -> np.ndarray:
+    """MLC's grouped layout read back in float32: codes packed in uint32 words, ``(q - max_int) * scale``."""
+    assert quant.is_grouped
+    shifts = np.arange(quant.elems_per_storage, dtype=np.uint32) * quant.bits
+    mask = np.uint32((1 << quant.bits) - 1)
+    q = (q_weight[..., None] >> shifts) & mask
+    *lead, n_storage, per = q.shape
+    values = q.reshape(*lead, n_storage * per).astype(np.float32) - quant.max_int
+    scale = np.repeat(q_scale.astype(np.float32), quant.group_size, axis=-1)
+    return values * scale
 
 
 def dequantized_hf_state(model_dir, quantization: str, config: dict) -> dict[str, torch.Tensor]:

@@ -111,15 +111,3 @@ def quantize_grouped(weight: np.ndarray, quant: Quantization) -> tuple[np.ndarra
     packed = np.bitwise_or.reduce(q << shifts, axis=-1).astype(np.uint32)
     scale = best_scale.reshape(*lead, k // quant.group_size).astype(quant.model_dtype)
     return packed, scale
-
-
-def dequantize_grouped(q_weight: np.ndarray, q_scale: np.ndarray, quant: Quantization) -> np.ndarray:
-    """Inverse of :func:`quantize_grouped` (up to rounding), in float32."""
-    assert quant.is_grouped
-    shifts = np.arange(quant.elems_per_storage, dtype=np.uint32) * quant.bits
-    mask = np.uint32((1 << quant.bits) - 1)
-    q = (q_weight[..., None] >> shifts) & mask
-    *lead, n_storage, per = q.shape
-    values = q.reshape(*lead, n_storage * per).astype(np.float32) - quant.max_int
-    scale = np.repeat(q_scale.astype(np.float32), quant.group_size, axis=-1)
-    return values * scale

@@ -606,16 +606,3 @@ def attach_sampling_functions(mod: tvm.IRModule, target: Target, vocab_size: int
     for name, kernel in _in_place_kernels(target).items():
         mod[name] = kernel.with_attr("global_symbol", name)
     return mod
-
-
-SAMPLING_FUNCTIONS = (
-    "softmax_with_temperature",
-    "argmax_logits",
-    "sample_from_probs",
-    "argsort_probs",
-    "sample_with_top_p",
-    "sample_top_p_from_probs",
-    "apply_logit_bias_inplace",
-    "apply_penalty_inplace",
-    "apply_bitmask_inplace",
-)

@@ -13,7 +13,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -34,9 +34,6 @@ class WeightSource(ABC):
     @abstractmethod
     def get(self, name: str) -> np.ndarray:
         """One tensor as a numpy array (float tensors as float32/float16/bfloat16->float32)."""
-
-    def __contains__(self, name: str) -> bool:
-        return name in set(self.names())
 
     def close(self) -> None:
         """Release file handles."""
@@ -282,9 +279,3 @@ class GGUFSource(WeightSource):
 
     def close(self) -> None:
         self._reader = None  # type: ignore[assignment]
-
-
-def iter_tensors(source: WeightSource) -> Iterator[tuple[str, np.ndarray]]:
-    """All tensors of a source, one at a time."""
-    for name in source.names():
-        yield name, source.get(name)
