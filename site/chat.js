@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), model: $("model"), load: $("load"), bar: $("bar"), progress: $("progress-text"),
   log: $("log"), form: $("form"), input: $("input"), send: $("send"), stop: $("stop"),
-  reset: $("reset"), stats: $("stats"), temperature: $("temperature"),
+  reset: $("reset"), stats: $("stats"), temperature: $("temperature"), maxTokens: $("max-tokens"),
 };
 const history = [];
 const events = []; // the types of events received, in order (tests read it)
@@ -89,11 +89,19 @@ async function send(event) {
   streaming = bubble("assistant", "");
   setBusy(true);
   try {
-    const options = ui.temperature.value === "" ? {} : { temperature: Number(ui.temperature.value) };
+    // Replies are capped (the field's default, 512 tokens) so a model that never emits its stop
+    // token cannot run on until the context window is full; empty means no cap.
+    const options = {};
+    if (ui.temperature.value !== "") options.temperature = Number(ui.temperature.value);
+    if (ui.maxTokens.value !== "") options.max_tokens = Number(ui.maxTokens.value);
     const reply = await py(`await app.chat(${JSON.stringify(JSON.stringify(history))}, ` +
       `${JSON.stringify(JSON.stringify(options))})`);
     history.push({ role: "assistant", content: reply.text });
     if (reply.finish_reason === "abort") streaming.classList.add("stopped");
+    if (reply.finish_reason === "length") {
+      streaming.classList.add("cut");
+      streaming.title = "The reply reached the token limit (max tokens) and was cut there.";
+    }
   } catch (err) {
     streaming.classList.add("error");
     streaming.textContent = String(err.message).trim().split("\n").pop();

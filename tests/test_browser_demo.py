@@ -23,7 +23,7 @@ QUESTION = "hello world"
 TIMEOUT_S = 180
 
 
-def native_reply(art: Any, max_tokens: int) -> str:
+def native_reply(art: Any, max_tokens: int) -> tuple[str, str]:
     from webrt.engine import AppConfig, Engine
 
     async def main() -> str:
@@ -31,7 +31,7 @@ def native_reply(art: Any, max_tokens: int) -> str:
         await engine.reload("tiny")
         reply = await engine.chat.completions.create(messages=[{"role": "user", "content": QUESTION}],
                                                      temperature=0, max_tokens=max_tokens)
-        return reply.choices[0].message.content
+        return reply.choices[0].message.content, reply.choices[0].finish_reason
 
     return asyncio.run(main())
 
@@ -92,8 +92,8 @@ def test_demo_loads_the_tiny_model_and_streams_a_reply(tmp_path: Path) -> None:
     from webrt.tools.serve import ServedModel, demo_server
 
     art = model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
-    # the demo leaves max_tokens to the model: a context window of 256 bounds the reply
-    expected = native_reply(art, max_tokens=10_000)
+    # the page caps replies (its max-tokens field); set to 12 here, as a user would
+    expected, finish = native_reply(art, max_tokens=12)
     server = demo_server([ServedModel(art.model_dir, art.libs["webgpu"], "tiny-llama")])
     shots = Path(os.environ.get("WEBRT_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
@@ -109,6 +109,8 @@ def test_demo_loads_the_tiny_model_and_streams_a_reply(tmp_path: Path) -> None:
         status = page.inner_text("#status")
         assert "ready" in status and "files downloaded" in status
         assert page.eval_on_selector("#bar", "el => el.value") == 1
+        assert page.input_value("#max-tokens") == "512"  # capped by default
+        page.fill("#max-tokens", "12")
         page.fill("#temperature", "0")
         page.fill("#input", QUESTION)
         page.click("#send")
@@ -118,10 +120,12 @@ def test_demo_loads_the_tiny_model_and_streams_a_reply(tmp_path: Path) -> None:
                                "window.webrtDemo.history.length === 2", timeout=TIMEOUT_S * 1000)
         page.screenshot(path=str(shots / "demo.png"))
         reply = page.inner_text(".msg.assistant")
+        cut = page.eval_on_selector(".msg.assistant", "el => el.classList.contains('cut')")
         events: list[str] = page.evaluate("() => window.webrtDemo.events")
         stats = page.inner_text("#stats")
         errors = [m for m in browser.console if m.startswith("pageerror") or "Content Security Policy" in m]
     assert reply == expected.strip() or reply == expected
+    assert cut == (finish == "length")
     assert events.count("delta") > 1  # streamed, not one block
     assert events.index("delta") < events.index("done")
     assert events.count("progress") >= 3

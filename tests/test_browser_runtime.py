@@ -433,3 +433,51 @@ def test_jspi_can_block_inside_a_wasm_call(ffi_checks: dict[str, Any]) -> None:
 
 def test_weight_records_upload_to_the_gpu(ffi_checks: dict[str, Any]) -> None:
     assert ffi_checks["records"] == [[7, 8, 9], [1.0, -2.0, 0.5, 3.0]]
+
+
+# --- lifecycle: a reload releases the GPU buffers of the model it replaces ------------------------
+RELOADS = r"""
+import asyncio
+from webrt.engine import AppConfig, Engine
+from webrt.wasm.loader import WebGPUModelLoader
+
+CFG = AppConfig.from_dict({"model_list": [{"model": "/models/tiny", "model_id": "tiny", "model_lib": "/lib/%(lib)s"}]})
+
+async def reloads(n):
+    loader = WebGPUModelLoader(CFG)
+    engine = Engine(CFG, loader=loader)
+    levels, texts = [], []
+    for _ in range(n):
+        await engine.reload("tiny")
+        reply = await engine.chat.completions.create(messages=[{"role": "user", "content": "hello world"}],
+                                                     temperature=0, max_tokens=8)
+        texts.append(reply.choices[0].message.content)
+        live = loader.gpu.live  # every buffer on the device: weights, KV cache pages, activations, staging
+        levels.append([live.count, live.nbytes])
+    backend = engine.get_model().runner.backend
+    await engine.unload()
+    return {"levels": levels, "texts": texts, "after_unload": [loader.gpu.live.count, loader.gpu.live.nbytes],
+            "closed": backend.closed, "errors": list(loader.gpu.errors)}
+
+await asyncio.create_task(reloads(%(n)d))
+"""
+RELOAD_COUNT = 5
+
+
+@pytest.fixture(scope="module")
+def reload_levels(artifacts: Any) -> dict[str, Any]:
+    with pyodide_util.PyodidePage(_routes(artifacts), worker=True) as page:
+        return page.run(RELOADS % {"lib": artifacts.libs["webgpu"].name, "n": RELOAD_COUNT}, timeout_s=300)
+
+
+def test_reloads_release_the_gpu_buffers(reload_levels: dict[str, Any]) -> None:
+    """Engine.reload closes the backend it replaces: after each of 5 reloads (and a chat, which
+    fills the KV cache) the device holds the same live buffers and bytes; unload leaves none."""
+    levels = reload_levels["levels"]
+    count, nbytes = levels[0]
+    print(f"\nlive GPU buffers after each of {RELOAD_COUNT} reloads + chat: {levels}; "
+          f"after unload: {reload_levels['after_unload']}")
+    assert len(levels) == RELOAD_COUNT and count > 0 and nbytes > 0
+    assert all(level == [count, nbytes] for level in levels)
+    assert reload_levels["after_unload"] == [0, 0] and reload_levels["closed"] is True
+    assert len(set(reload_levels["texts"])) == 1 and reload_levels["errors"] == []

@@ -31,6 +31,8 @@ from webrt.wasm.ffi import (
 from webrt.wasm.memory import ArgStack, BytesMemory
 from webrt.wasm.wasi import EBADF, ESUCCESS, ProcExit, Wasi
 from webrt.wasm.webgpu import KernelSpec, check_library, f32_alternative, fold_grid, GPUInfo
+from webrt.wasm.webgpu.buffers import RECYCLE_MAX_BYTES, BufferTable
+from webrt.wasm.webgpu.device import LiveBuffers
 from webrt.errors import FeatureNotSupportedError, ModelLibraryError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,3 +256,48 @@ def test_model_library_needs_no_asyncify() -> None:
     from webrt.wasm.instance import REQUIRED_EXPORTS
 
     assert set(REQUIRED_EXPORTS) <= set(exports)
+
+
+class _FakeBuffer:
+    def __init__(self, size: int):
+        self.size, self.destroyed = size, False
+
+    def destroy(self) -> None:
+        assert not self.destroyed
+        self.destroyed = True
+
+
+def test_buffer_table_recycles_small_buffers_and_counts_live_ones() -> None:
+    """Freed buffers wait for `release_freed`; small ones are reused (same serial, bind groups kept),
+    large ones destroyed with their bind groups; `destroy_all` leaves nothing live."""
+    live = LiveBuffers()
+
+    def create(size: int) -> _FakeBuffer:
+        live.created(size)
+        return _FakeBuffer(size)
+
+    def destroy(buf: _FakeBuffer) -> None:
+        live.destroyed(buf.size)
+        buf.destroy()
+
+    table = BufferTable(create, destroy, max_size=4 * RECYCLE_MAX_BYTES)
+    small, big = table.alloc(10), table.alloc(2 * RECYCLE_MAX_BYTES)
+    assert table.buffer(small).size == 12 and (live.count, live.nbytes) == (2, 12 + 2 * RECYCLE_MAX_BYTES)
+    table.remember_bind_group((0, table.serials[small]), "g-small")
+    table.remember_bind_group((1, table.serials[big]), "g-big")
+    serial = table.serials[small]
+    table.free(small)
+    table.free(big)
+    assert table.has_freed and live.count == 2  # nothing released before the submit
+    table.release_freed()
+    assert live.count == 1 and not table.has_freed
+    assert set(table.bind_groups) == {(0, serial)}  # the big buffer's bind group is gone
+    again = table.alloc(12)
+    assert table.serials[again] == serial and live.count == 1  # recycled, not created
+    with pytest.raises(ValueError, match="not a live"):
+        table.buffer(({small, big} - {again}).pop())  # ids are reused too
+    with pytest.raises(MemoryError, match="maxBufferSize"):
+        table.alloc(8 * RECYCLE_MAX_BYTES)
+    table.free(again)
+    table.destroy_all()
+    assert (live.count, live.nbytes) == (0, 0) and table.bind_groups == {}

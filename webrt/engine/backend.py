@@ -49,3 +49,7 @@ class Backend(Protocol):
 
     def view(self, tensor: Tensor, shape: Sequence[int]) -> Tensor:
         """The same storage under another shape (same element count)."""
+
+    def close(self) -> None:
+        """Release what the backend holds on its device: GPU buffers and the KV cache's pages
+        (browser), the VM and parameters (native). Unusable afterwards; a second call does nothing."""

@@ -175,11 +175,14 @@ class Engine:
         return Tokenizer.from_json_str(text, config_text)
 
     async def unload(self) -> None:
-        """Drop every loaded model (waiting for requests in flight to finish)."""
-        for model in list(self._models.values()):
+        """Drop every loaded model (waiting for requests in flight to finish) and close its backend."""
+        models = list(self._models.values())
+        for model in models:
             async with model.lock:
                 pass
         self._models.clear()
+        for model in models:
+            model.runner.backend.close()
 
     # --- control ------------------------------------------------------------------------------
     async def interrupt_generate(self) -> None:

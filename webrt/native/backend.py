@@ -89,3 +89,9 @@ class NativeBackend:
 
     def view(self, tensor: Any, shape: Sequence[int]) -> Any:
         return tvm.get_global_func("vm.builtin.reshape")(tensor, tvm.runtime.ShapeTuple(list(shape)))
+
+    def close(self) -> None:
+        """Drop the parameters and the VM (with its module); TVM frees them once the caller's runner,
+        which holds the KV cache and function handles, is gone too."""
+        self.params = None
+        self._vm = None

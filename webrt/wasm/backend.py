@@ -31,6 +31,7 @@ class WasmBackend:
         self.params = params
         self._shapes: dict[tuple[int, ...], ShapeTuple] = {}
         self._fns: dict[str, Function | None] = {}
+        self.closed = False
 
     # --- Backend protocol ---------------------------------------------------------------------------
     def has_function(self, name: str) -> bool:
@@ -82,6 +83,17 @@ class WasmBackend:
 
     def view(self, tensor: Tensor, shape: Sequence[int]) -> Tensor:
         return self.inst.view(tensor, shape)
+
+    def close(self) -> None:
+        """Destroy every GPU buffer of the library (weights, KV cache pages, activations, staging) and
+        dispose of the instance; the backend cannot be used afterwards. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._fns.clear()
+        self._shapes.clear()
+        self.params = None
+        self.runtime.dispose()
 
     # --- extras -------------------------------------------------------------------------------------
     def download_f32(self, tensor: Tensor) -> list[float]:

@@ -18,8 +18,9 @@ _RECYCLE_PER_SIZE = 8
 class BufferTable:
     """Storage buffers by id, their serials, and the bind group cache (see module docstring)."""
 
-    def __init__(self, create: Callable[[int], Any], max_size: int | None = None):
+    def __init__(self, create: Callable[[int], Any], destroy: Callable[[Any], None], max_size: int | None = None):
         self._create = create  # size -> a new storage GPUBuffer
+        self._destroy = destroy  # GPUBuffer -> None
         self.max_size = max_size
         self.buffers: list[Any] = [None]
         self.serials: list[int] = [0]
@@ -75,7 +76,7 @@ class BufferTable:
             else:
                 for key in self._keys_of.pop(serial, ()):
                     self.bind_groups.pop(key, None)
-                buf.destroy()
+                self._destroy(buf)
         self._after_submit.clear()
 
     @property
@@ -101,11 +102,11 @@ class BufferTable:
         self.release_freed()
         for buf in self.buffers:
             if buf is not None:
-                buf.destroy()
+                self._destroy(buf)
         self.buffers, self.serials, self._sizes, self._free_ids = [None], [0], [0], []
         for pool in self._recycled.values():
             for buf, _ in pool:
-                buf.destroy()
+                self._destroy(buf)
         self._recycled.clear()
         self.bind_groups.clear()
         self._keys_of.clear()

@@ -47,7 +47,7 @@ class WebGPUContext:
         self._read_usage = usage.MAP_READ | usage.COPY_DST
         self._map_read = js.GPUMapMode.READ
         self.stats = Stats()
-        self.storage = BufferTable(lambda size: self._create_buffer(js_desc(size=size, usage=storage_usage)),
+        self.storage = BufferTable(lambda size: self._new_buffer(size, storage_usage), self._destroy_buffer,
                                    gpu.limits.get("maxBufferSize"))
         self._read_pool: list[Any] = []
         self._pending: set[int] = set()  # ids used by recorded, unsubmitted commands
@@ -65,9 +65,20 @@ class WebGPUContext:
         self._slots = 0
         self._ustage = bytearray(align * UNIFORM_SLOTS)
         self._ustage_js = js.Uint8Array.new(len(self._ustage))
-        self._uniform = self._create_buffer(js_desc(size=len(self._ustage), usage=usage.UNIFORM | usage.COPY_DST))
+        self._uniform = self._new_buffer(len(self._ustage), usage.UNIFORM | usage.COPY_DST)
         self._offsets = js.Uint32Array.new(to_js([align * i for i in range(UNIFORM_SLOTS)]))
         self._submit_list = js.Array.new()
+        self.disposed = False
+
+    # --- buffers ------------------------------------------------------------------------------------
+    def _new_buffer(self, size: int, usage: int) -> Any:
+        buf = self._create_buffer(js_desc(size=size, usage=usage))
+        self.gpu.live.created(size)
+        return buf
+
+    def _destroy_buffer(self, buf: Any) -> None:
+        self.gpu.live.destroyed(int(buf.size))
+        buf.destroy()
 
     # --- device API (called from TVM's C++ through packed functions) ------------------------------
     def alloc(self, nbytes: int) -> int:
@@ -181,7 +192,7 @@ class WebGPUContext:
                 staging = self._read_pool.pop(i)
                 break
         if staging is None:
-            staging = self._create_buffer(js_desc(size=max(n4, 256), usage=self._read_usage))
+            staging = self._new_buffer(max(n4, 256), self._read_usage)
         self._end_pass()
         if self._encoder is None:
             self._encoder = self._create_encoder()
@@ -194,7 +205,7 @@ class WebGPUContext:
         if len(self._read_pool) < _READ_POOL:
             self._read_pool.append(staging)
         else:
-            staging.destroy()
+            self._destroy_buffer(staging)
 
     def read(self, ptr: int, offset: int, nbytes: int) -> bytes:
         """Buffer bytes -> Python, blocking (JSPI `run_sync`): the readback shares the last submit."""
@@ -353,9 +364,13 @@ class WebGPUContext:
         return list(self._kernels)
 
     def dispose(self) -> None:
+        """Destroy every buffer this context created (TVM's tensors, staging, uniforms); once."""
+        if self.disposed:
+            return
+        self.disposed = True
         self.flush()
         self.storage.destroy_all()
         for buf in self._read_pool:
-            buf.destroy()
+            self._destroy_buffer(buf)
         self._read_pool.clear()
-        self._uniform.destroy()
+        self._destroy_buffer(self._uniform)

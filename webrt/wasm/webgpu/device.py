@@ -26,6 +26,22 @@ OPTIONAL_FEATURES = ("shader-f16", "subgroups", "timestamp-query")
 
 
 @dataclass
+class LiveBuffers:
+    """GPUBuffers created and not yet destroyed on one device, by every context on it."""
+
+    count: int = 0
+    nbytes: int = 0
+
+    def created(self, size: int) -> None:
+        self.count += 1
+        self.nbytes += size
+
+    def destroyed(self, size: int) -> None:
+        self.count -= 1
+        self.nbytes -= size
+
+
+@dataclass
 class GPUInfo:
     """A WebGPU device and what its adapter offers."""
 
@@ -38,6 +54,8 @@ class GPUInfo:
     subgroup_max_size: int = 0
     lost: str | None = None
     errors: list[str] = field(default_factory=list)
+    #: buffers alive on this device (storage, staging, uniforms of every model loaded on it)
+    live: LiveBuffers = field(default_factory=LiveBuffers)
     #: the device's event listeners (JS proxies), kept alive with it
     listeners: list[Any] = field(default_factory=list, repr=False)
 
