@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from webrt.chat_config import CHAT_CONFIG_FILE, TOKENIZER_CONFIG_JSON, TOKENIZER_JSON
 from webrt.engine.config import AppConfig, ChatOptions, ModelRecord, as_id_list, merge_chat_config
-from webrt.engine.generation import Generation, GenerationConfig, RoundStats, Step, resolve_generation_config
+from webrt.engine.generation import Generation, GenerationConfig, Step, resolve_generation_config
 from webrt.engine.loaded_model import LoadedModel
 from webrt.engine.loader import ModelLoader, default_loader
 from webrt.engine.model_runner import ModelRunner
@@ -41,6 +41,7 @@ from webrt.engine.protocol import (
     text_choice,
     text_completion,
 )
+from webrt.engine.stats import RoundStats
 from webrt.errors import (
     EngineNotLoadedError,
     InvalidRequestError,
@@ -62,29 +63,32 @@ async def _reset_on_error(model: LoadedModel) -> AsyncIterator[None]:
         raise
 
 
+CreateFunction = Callable[[GenerationRequest], Awaitable[Any]]
+
+
 class _ChatCompletions:
-    def __init__(self, engine: Engine):
-        self._engine = engine
+    def __init__(self, create: CreateFunction):
+        self._create = create
 
     async def create(self, request: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """OpenAI ``chat.completions.create``: a ``chat.completion``, or with ``stream=True`` an
         async iterator of ``chat.completion.chunk`` objects."""
-        return await self._engine._create(parse_chat_request(request, **kwargs))
+        return await self._create(parse_chat_request(request, **kwargs))
 
 
 class _Chat:
-    def __init__(self, engine: Engine):
-        self.completions = _ChatCompletions(engine)
+    def __init__(self, create: CreateFunction):
+        self.completions = _ChatCompletions(create)
 
 
 class _Completions:
-    def __init__(self, engine: Engine):
-        self._engine = engine
+    def __init__(self, create: CreateFunction):
+        self._create = create
 
     async def create(self, request: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """OpenAI ``completions.create`` on a raw prompt: a ``text_completion``, or with
         ``stream=True`` an async iterator of them."""
-        return await self._engine._create(parse_completion_request(request, **kwargs))
+        return await self._create(parse_completion_request(request, **kwargs))
 
 
 class Engine:
@@ -102,8 +106,8 @@ class Engine:
         self.app_config: AppConfig = app_config or AppConfig()
         self.loader: ModelLoader = loader or default_loader()
         self.init_progress_callback = init_progress_callback
-        self.chat = _Chat(self)
-        self.completions = _Completions(self)
+        self.chat = _Chat(self._create)
+        self.completions = _Completions(self._create)
         self._models: dict[str, LoadedModel] = {}
         self._interrupt_requested = False
 
@@ -148,14 +152,12 @@ class Engine:
         chat_config = merge_chat_config(base, record.overrides, chat_opts)
         tokenizer = await self._load_tokenizer(record, chat_config.tokenizer_files)
         backend = await self.loader.load(record, chat_config.raw, self.init_progress_callback)
-        runner = ModelRunner(backend, chat_config.window)
-        if runner.vocab_size and runner.vocab_size != chat_config.vocab_size:
+        runner = ModelRunner(backend, chat_config.window, chat_config.vocab_size)
+        if runner.vocab_size != chat_config.vocab_size:
             raise ModelLibraryError(
                 f"the library of {record.model_id!r} has vocab_size {runner.vocab_size} but its "
                 f"{CHAT_CONFIG_FILE} says {chat_config.vocab_size}; the library and weights come from different models."
             )
-        if not runner.vocab_size:
-            runner.vocab_size = chat_config.vocab_size
         model = LoadedModel(record, chat_config, tokenizer, runner)
         report(1.0, f"Finish loading {record.model_id}")
         return model
@@ -261,7 +263,7 @@ class Engine:
                 generation = Generation(model, prompt, config, rng, stats)
                 pieces: list[str] = []
                 if self._interrupt_requested:  # one interrupt stops every remaining choice
-                    generation.finish_reason = "abort"
+                    generation.abort()
                 else:
                     await self._run_choice(generation, lambda step: pieces.append(step.text))
                 logprobs = generation.logprobs if config.logprobs else None

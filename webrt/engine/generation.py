@@ -10,24 +10,21 @@ argmax at temperature ~0, else softmax / argsort / top-p with a uniform draw fro
 
 from __future__ import annotations
 
-import heapq
-import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from webrt.engine.config import ChatConfig
 from webrt.engine.json_grammar import JsonMatcher
 from webrt.engine.json_schema import SchemaGrammar
+from webrt.engine.loaded_model import LoadedModel
 from webrt.engine.model_runner import GREEDY_TEMPERATURE
 from webrt.engine.protocol import GenerationRequest
+from webrt.engine.stats import RoundStats
 from webrt.engine.stop import StopStringMatcher
 from webrt.errors import InvalidRequestError, WebrtError
 from webrt.tokenizer import StreamingDetokenizer
-
-if TYPE_CHECKING:
-    from webrt.engine.loaded_model import LoadedModel
 
 
 @dataclass
@@ -84,43 +81,6 @@ def resolve_generation_config(chat: ChatConfig, request: GenerationRequest, voca
         json_schema=request.json_schema,
         ignore_eos=request.ignore_eos,
     )
-
-
-@dataclass
-class RoundStats:
-    """Counters and timings of one request (all its choices)."""
-
-    prompt_tokens: int = 0
-    prefill_tokens: int = 0  # tokens actually run through the model (the rest were cached)
-    prefill_time: float = 0.0  # prefill + first-token sampling
-    completion_tokens: int = 0
-    decode_steps: int = 0
-    decode_time: float = 0.0
-    first_token_time: float | None = None  # seconds from the request until the first token
-    grammar_init_time: float = 0.0
-    grammar_time: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
-
-    def usage(self) -> dict[str, Any]:
-        """OpenAI ``usage`` with WebLLM's ``extra`` timings."""
-        extra: dict[str, Any] = {
-            "e2e_latency_s": time.perf_counter() - self.started,
-            "prefill_tokens_per_s": self.prefill_tokens / self.prefill_time if self.prefill_time > 0 else 0.0,
-            "decode_tokens_per_s": self.decode_steps / self.decode_time if self.decode_time > 0 else 0.0,
-            "time_to_first_token_s": self.first_token_time or 0.0,
-            "time_per_output_token_s": self.decode_time / self.decode_steps if self.decode_steps else 0.0,
-            "prefill_tokens": self.prefill_tokens,
-        }
-        if self.grammar_init_time or self.grammar_time:
-            extra["grammar_init_s"] = self.grammar_init_time
-            extra["grammar_per_token_s"] = self.grammar_time / max(self.completion_tokens, 1)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": max(self.prompt_tokens - self.prefill_tokens, 0)},
-            "extra": extra,
-        }
 
 
 @dataclass
@@ -257,24 +217,3 @@ class Generation:
             self.finish_reason = "stop"
             return text
         return text + self._stop_strings.flush()
-
-
-def log_softmax_entry(
-    logits: list[float], token: int, top: int, describe: Any
-) -> dict[str, Any]:
-    """OpenAI's logprobs entry for ``token``: its log-probability and the ``top`` best.
-
-    ``describe(token_id) -> (text, bytes)``. Log-probabilities are of the processed logits
-    (after logit bias, penalties and the JSON mask) at temperature 1.
-    """
-    peak = max(logits)
-    log_total = peak + math.log(math.fsum(math.exp(v - peak) for v in logits))
-
-    def item(token_id: int) -> dict[str, Any]:
-        text, data = describe(token_id)
-        return {"token": text, "logprob": logits[token_id] - log_total, "bytes": list(data)}
-
-    entry = item(token)
-    best = heapq.nlargest(top, range(len(logits)), key=logits.__getitem__) if top else []
-    entry["top_logprobs"] = [item(t) for t in best]
-    return entry

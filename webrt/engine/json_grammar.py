@@ -279,7 +279,6 @@ class JsonTokenIndex:
     """
 
     def __init__(self, token_bytes: Sequence[bytes | None], max_whitespace: int = DEFAULT_MAX_WHITESPACE):
-        self.grammar: Grammar = PlainJson()
         self.vocab_size = len(token_bytes)
         self.words = (self.vocab_size + 31) // 32
         self.max_whitespace = max_whitespace
@@ -303,10 +302,12 @@ class JsonTokenIndex:
             else:
                 self.special_trie.insert(data, token_id)
         self.plain_string_masks = [int.from_bytes(m, "little") for m in plain]
-        self._reset_states()
+        self.use_grammar(PlainJson())
 
-    def _reset_states(self) -> None:
-        """Fresh interned-state tables (transitions and masks memoised per state) for the grammar."""
+    def use_grammar(self, grammar: Grammar) -> None:
+        """Match ``grammar`` from now on, with fresh interned-state tables (transitions and
+        masks memoised per state); the vocabulary tries stay."""
+        self.grammar = grammar
         self._state_ids: dict[Any, int] = {}
         self._states: list[Any] = []
         self._transitions: list[list[int]] = []
@@ -317,8 +318,7 @@ class JsonTokenIndex:
         """An index for another grammar over the same vocabulary: the tries are shared, the state
         tables are its own."""
         other = copy.copy(self)
-        other.grammar = grammar
-        other._reset_states()
+        other.use_grammar(grammar)
         return other
 
     # --- states -------------------------------------------------------------------------------

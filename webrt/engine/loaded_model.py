@@ -9,14 +9,17 @@ pays only for its new turn. Pure Python.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
+from collections.abc import Callable
 from typing import Any
 
 from webrt.conversation import conversation_from_messages
 from webrt.engine.config import ChatConfig, ModelRecord
-from webrt.engine.generation import RoundStats, log_softmax_entry
 from webrt.engine.json_grammar import JsonTokenIndex
 from webrt.engine.json_schema import SchemaGrammar
 from webrt.engine.model_runner import ModelRunner
+from webrt.engine.stats import RoundStats
 from webrt.engine.vocabulary import token_byte_table
 from webrt.tokenizer import Tokenizer
 
@@ -42,7 +45,7 @@ class LoadedModel:
         self.tokenizer = tokenizer
         self.runner = runner
         self.window = chat_config.window
-        self.vocab_size = runner.vocab_size or chat_config.vocab_size
+        self.vocab_size = runner.vocab_size
         self.cached_tokens: list[int] = []  # exactly what the KV cache holds, in order
         self.lock = asyncio.Lock()
         self.last_stats: RoundStats | None = None
@@ -138,3 +141,24 @@ class LoadedModel:
 
     def logprob_entry(self, logits: list[float], token: int, top: int) -> dict[str, Any]:
         return log_softmax_entry(logits, token, top, self.describe_token)
+
+
+def log_softmax_entry(
+    logits: list[float], token: int, top: int, describe: Callable[[int], tuple[str, bytes]]
+) -> dict[str, Any]:
+    """OpenAI's logprobs entry for ``token``: its log-probability and the ``top`` best.
+
+    ``describe(token_id) -> (text, bytes)``. Log-probabilities are of the processed logits
+    (after logit bias, penalties and the JSON mask) at temperature 1.
+    """
+    peak = max(logits)
+    log_total = peak + math.log(math.fsum(math.exp(v - peak) for v in logits))
+
+    def item(token_id: int) -> dict[str, Any]:
+        text, data = describe(token_id)
+        return {"token": text, "logprob": logits[token_id] - log_total, "bytes": list(data)}
+
+    entry = item(token)
+    best = heapq.nlargest(top, range(len(logits)), key=logits.__getitem__) if top else []
+    entry["top_logprobs"] = [item(t) for t in best]
+    return entry

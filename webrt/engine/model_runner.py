@@ -28,14 +28,15 @@ def _pack(fmt: str, values: Sequence[Any]) -> bytes:
 class ModelRunner:
     """The KV cache and the per-step calls for a single conversation."""
 
-    def __init__(self, backend: Backend, window: WindowConfig):
+    def __init__(self, backend: Backend, window: WindowConfig, vocab_size: int = 0):
+        """``vocab_size`` counts for a library that does not record its own."""
         self.backend = backend
         self.window = window
         missing = [f for f in REQUIRED_FUNCTIONS if not backend.has_function(f)]
         if missing:
             raise ModelLibraryError(f"the model library lacks {', '.join(missing)}; recompile it with `webrt compile`.")
         meta = backend.metadata
-        self.vocab_size = int(meta.get("webrt", {}).get("vocab_size") or meta.get("vocab_size") or 0)
+        self.vocab_size = int(meta.get("webrt", {}).get("vocab_size") or meta.get("vocab_size") or vocab_size)
         self.hidden_size = None  # learned from embed's output
         lib_chunk = int(meta.get("prefill_chunk_size", window.prefill_chunk_size))
         self.chunk = max(1, min(window.prefill_chunk_size, lib_chunk))
