@@ -22,8 +22,8 @@ from webrt.compiler.cpu_schedule import NTMatmulCPU
 from webrt.compiler.gpu_schedule import RowPerThreadMatmul
 from webrt.compiler.quantization import Quantization
 from webrt.compiler.sampling import attach_sampling_functions
-from webrt.models import MODEL_TYPES, model_class
 from webrt.models.config import TransformerConfig
+from webrt.models.registry import architecture_for_hf, model_class
 
 DEVICES = ("webgpu", "cpu")
 MAX_BATCH_SIZE = 4
@@ -131,7 +131,7 @@ def library_metadata(exported: ExportedModel, device: str, memory_usage: dict[st
     """The JSON that ``_metadata()`` returns (MLC's keys plus webrt's ``webrt`` block)."""
     c, q = exported.config, exported.quant
     return {
-        "model_type": MODEL_TYPES.get(c.architecture, c.model_type),
+        "model_type": architecture_for_hf(c.architecture).model_type,
         "quantization": q.name,
         "context_window_size": c.context_window_size,
         "sliding_window_size": c.sliding_window_size,

@@ -11,8 +11,8 @@ from webrt.compiler.build import DEVICES, build_executable, export_model, make_t
 from webrt.compiler.gen_config import load_chat_config
 from webrt.compiler.quantization import get_quantization
 from webrt.errors import ModelConfigError
-from webrt.models import check_architecture
 from webrt.models.config import TransformerConfig
+from webrt.models.registry import architecture_for_hf
 
 OVERRIDABLE = {
     "context_window_size": int,
@@ -42,7 +42,7 @@ def parse_overrides(text: str | None) -> dict[str, int]:
 def model_config_for(chat_config: dict[str, Any], overrides: dict[str, int]) -> TransformerConfig:
     """The model config the library is built with: chat-config values, then overrides."""
     config = TransformerConfig.from_dict(chat_config["model_config"])
-    check_architecture(config.architecture)
+    architecture_for_hf(config.architecture)  # a clear error for an unknown architecture
     values = {
         "context_window_size": chat_config["context_window_size"],
         "sliding_window_size": chat_config["sliding_window_size"],

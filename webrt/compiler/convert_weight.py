@@ -11,8 +11,8 @@ from webrt.compiler.output import staged_output_dir
 from webrt.compiler.quantization import get_quantization
 from webrt.compiler.sources import WeightSource, open_source
 from webrt.compiler.weights import convert_params, source_names
-from webrt.models import check_architecture, model_class
 from webrt.models.config import TransformerConfig
+from webrt.models.registry import model_class
 from webrt.ndarray_cache.format import TensorCacheIndex
 from webrt.ndarray_cache.writer import write_tensor_cache
 from webrt.errors import WeightFileError
@@ -20,7 +20,6 @@ from webrt.errors import WeightFileError
 
 def model_params(config: TransformerConfig, quantization: str) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of every parameter the compiled library takes, in call order."""
-    check_architecture(config.architecture)
     model = model_class(config.architecture)(config, get_quantization(quantization), None)
     return [(name, tuple(int(d) for d in p.shape), p.dtype) for name, p in model.named_parameters()]
 

@@ -17,8 +17,8 @@ from webrt.compiler.quantization import get_quantization
 from webrt.compiler.sources import GGUFSource, open_source
 from webrt.conversation import get_conv_template
 from webrt.errors import ModelConfigError
-from webrt.models import MODEL_TYPES, check_architecture
 from webrt.models.config import TransformerConfig
+from webrt.models.registry import architecture_for_hf
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -155,7 +155,7 @@ def gen_config(
     source = open_source(source_path)
     try:
         config = TransformerConfig.from_hf(source.config)
-        check_architecture(config.architecture)
+        model_type = architecture_for_hf(config.architecture).model_type
         context, sliding, sink = _window_settings(config, context_window_size, sliding_window_size, attention_sink_size)
         window = sliding if sliding > 0 else context
         chunk = prefill_chunk_size or min(window, DEFAULT_PREFILL_CHUNK)
@@ -168,7 +168,7 @@ def gen_config(
         folder = None if is_gguf else source_path
         chat_config: dict[str, Any] = {
             "version": __version__,
-            "model_type": MODEL_TYPES[config.architecture],
+            "model_type": model_type,
             "quantization": quantization,
             "model_config": config.to_dict(),
             "vocab_size": config.vocab_size,

@@ -19,6 +19,7 @@ import numpy as np
 
 from webrt.compiler.gguf_rope import llama3_scaling_from_divisors
 from webrt.errors import ModelConfigError, WeightFileError
+from webrt.models.registry import architecture_for_gguf
 
 
 class WeightSource(ABC):
@@ -147,8 +148,6 @@ class HFSource(WeightSource):
 
 
 # --- GGUF -------------------------------------------------------------------------------------
-_GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
-
 _GGUF_NAMES = [
     (r"token_embd\.weight", "model.embed_tokens.weight"),
     (r"output_norm\.weight", "model.norm.weight"),
@@ -219,12 +218,7 @@ class GGUFSource(WeightSource):
     def _hf_config(self) -> dict[str, Any]:
         md = self.metadata
         arch = md.get("general.architecture")
-        if arch not in _GGUF_ARCHITECTURES:
-            from webrt.errors import UnsupportedArchitectureError
-
-            raise UnsupportedArchitectureError(
-                f"GGUF architecture {arch!r} is not supported; webrt reads: {', '.join(_GGUF_ARCHITECTURES)}"
-            )
+        entry = architecture_for_gguf(arch)
 
         def need(key: str) -> Any:
             value = md.get(f"{arch}.{key}")
@@ -237,8 +231,8 @@ class GGUFSource(WeightSource):
         embed = self._tensors.get("model.embed_tokens.weight")
         vocab = md.get(f"{arch}.vocab_size") or (int(embed.shape[1]) if embed is not None else None)
         cfg = {
-            "architectures": [_GGUF_ARCHITECTURES[arch]],
-            "model_type": arch,
+            "architectures": [entry.hf_names[0]],
+            "model_type": entry.model_type,
             "vocab_size": int(vocab),
             "hidden_size": hidden,
             "intermediate_size": int(need("feed_forward_length")),
