@@ -134,7 +134,7 @@ def test_smollm2_last_round_is_what_hf_appends(smollm2_tok: Any) -> None:
     conv = conversation_from_messages(
         get_conv_template("chatml", config={"system_message": SMOLLM_SYSTEM}), WITH_SYSTEM
     )
-    assert conv.as_prompt_last_round() == after[len(before) :]
+    assert "".join(conv.get_prompt_array_last_round()) == after[len(before) :]
     assert conv.as_prompt() == after
 
 
@@ -310,7 +310,7 @@ def test_last_round_is_suffix_and_earlier_prompt_is_prefix(name: str) -> None:
     conv.finish_reply("first answer")
     conv.append_message("user", "second question")
     conv.append_reply_header()
-    full, last = conv.as_prompt(), conv.as_prompt_last_round()
+    full, last = conv.as_prompt(), "".join(conv.get_prompt_array_last_round())
     assert full.endswith(last) and "second question" in last and "first" not in last
     assert conv.get_prompt_array()[-2:] == conv.get_prompt_array_last_round()
     assert full == "".join(conv.get_prompt_array())
@@ -568,7 +568,7 @@ def test_function_string_fills_last_placeholder_only() -> None:
     conv.append_message("user", "two")
     conv.append_reply_header()
     assert conv.as_prompt() == 'U<q>one<f>\nAok\nU<q>two<f>[{"name": "f"}]\nA'
-    assert conv.as_prompt_last_round() == 'U<q>two<f>[{"name": "f"}]\nA'
+    assert "".join(conv.get_prompt_array_last_round()) == 'U<q>two<f>[{"name": "f"}]\nA'
 
 
 def test_text_content_parts_and_role_templates() -> None:

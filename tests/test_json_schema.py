@@ -20,7 +20,7 @@ import pytest
 
 from model_factory import tiny_artifacts
 from test_engine_helpers import engine_for, run
-from webrt.engine.json_grammar import DEFAULT_MAX_WHITESPACE, JsonMatcher, JsonTokenIndex
+from webrt.engine.json_grammar import DEFAULT_MAX_WHITESPACE, REJECT, JsonMatcher, JsonTokenIndex
 from webrt.engine.json_schema import SchemaGrammar
 from webrt.engine.vocabulary import token_byte_table
 from webrt.errors import InvalidRequestError
@@ -119,8 +119,8 @@ def random_layout(value: Any, rng: random.Random) -> str:
 
 
 def accepts(index: JsonTokenIndex, text: str) -> bool:
-    matcher = JsonMatcher(index)
-    return matcher.accept_text(text) and matcher.is_done
+    state = index.advance_bytes(index.root_state, text.encode("utf-8"))
+    return state != REJECT and index.is_done(state)
 
 
 def schema_index(schema: dict, token_bytes: list[bytes | None] | None = None) -> JsonTokenIndex:

@@ -231,10 +231,6 @@ class Conversation:
         """The whole prompt as one string (what MLC-LLM's ``as_prompt`` yields for text)."""
         return "".join(self.get_prompt_array(reply_prefix=reply_prefix))
 
-    def as_prompt_last_round(self, *, reply_prefix: str = "") -> str:
-        """:meth:`get_prompt_array_last_round` joined into one string."""
-        return "".join(self.get_prompt_array_last_round(reply_prefix=reply_prefix))
-
     def _render(self, start: int, *, add_system: bool, reply_prefix: str) -> list[str]:
         self.validate()
         system = self.system_prompt

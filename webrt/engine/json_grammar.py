@@ -33,7 +33,6 @@ from webrt.errors import InvalidRequestError
 # frames (innermost last); ``aux`` is the whitespace run for structural modes, packed string
 # flags for STRING, the number sub-state for NUMBER, the letters still due for LITERAL.
 ROOT, VALUE, ARRAY_FIRST, OBJECT_FIRST, KEY, COLON, AFTER_VALUE, STRING, NUMBER, LITERAL, DONE = range(11)
-_STRUCTURAL = (ROOT, VALUE, ARRAY_FIRST, OBJECT_FIRST, KEY, COLON, AFTER_VALUE)
 
 # NUMBER sub-states: after '-', after a leading '0', integer digits, after '.', fraction
 # digits, after 'e', after the exponent sign, exponent digits.
@@ -423,14 +422,6 @@ class JsonMatcher:
         if not data:
             return False
         nxt = self.index.advance_bytes(self.state, data)
-        if nxt == REJECT:
-            return False
-        self.state = nxt
-        return True
-
-    def accept_text(self, text: str) -> bool:
-        """Advance over UTF-8 text (for tests and prefilled assistant text)."""
-        nxt = self.index.advance_bytes(self.state, text.encode("utf-8"))
         if nxt == REJECT:
             return False
         self.state = nxt

@@ -46,7 +46,6 @@ _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 # modes of a state (mode, aux, stack); stack frames: ("O", node, next_property) / ("A", node, items_done)
 VALUE, OBJ_OPEN, OBJ_AFTER, OBJ_KEY, KEY, COLON, ARR_OPEN, ARR_AFTER, STRING, NUMBER, LITERAL, DONE = range(12)
-_WS_MODES = (VALUE, OBJ_OPEN, OBJ_AFTER, OBJ_KEY, COLON, ARR_OPEN, ARR_AFTER)
 
 
 @dataclass

@@ -37,7 +37,6 @@ class ModelRunner:
             raise ModelLibraryError(f"the model library lacks {', '.join(missing)}; recompile it with `webrt compile`.")
         meta = backend.metadata
         self.vocab_size = int(meta.get("webrt", {}).get("vocab_size") or meta.get("vocab_size") or vocab_size)
-        self.hidden_size = None  # learned from embed's output
         lib_chunk = int(meta.get("prefill_chunk_size", window.prefill_chunk_size))
         self.chunk = max(1, min(window.prefill_chunk_size, lib_chunk))
         g = backend.global_function

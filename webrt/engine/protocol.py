@@ -21,7 +21,6 @@ from webrt.errors import InvalidRequestError
 MAX_TOP_LOGPROBS = 20
 LOGIT_BIAS_LIMIT = 100.0
 PENALTY_LIMIT = 2.0
-FINISH_REASONS = ("stop", "length", "abort")
 
 # Fields shared by chat.completions and completions requests.
 _COMMON_FIELDS = (
