@@ -16,7 +16,7 @@ from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from model_factory import make_tiny_hf
-from webrt.compiler.gguf_rope import llama3_scaling_from_divisors
+from webrt.compiler.sources.gguf_rope import llama3_scaling_from_divisors
 from webrt.compiler.sources import open_source
 from webrt.errors import ModelConfigError
 from webrt.models.config import TransformerConfig

@@ -123,9 +123,10 @@ def _write_tokenizer(source_path: Path, is_gguf: bool, staging: Path) -> list[st
 
 def _token_ids(source_config: dict[str, Any], gguf: GGUFSource | None) -> dict[str, Any]:
     if gguf is not None:
-        fields = gguf._reader.fields  # noqa: SLF001 - token ids are only in the raw GGUF fields
-        def field(key: str):
-            return int(fields[key].contents()) if key in fields else None
+        def field(key: str) -> int | None:
+            value = gguf.field(key)  # token ids are only in the raw GGUF fields
+            return None if value is None else int(value)
+
         return {
             "pad_token_id": field("tokenizer.ggml.padding_token_id") or 0,
             "bos_token_id": field("tokenizer.ggml.bos_token_id"),
