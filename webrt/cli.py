@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
+from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.errors import WebrtError
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
@@ -58,7 +59,7 @@ def _gen_config(p: argparse.ArgumentParser) -> None:
             context_window_size=a.context_window_size, sliding_window_size=a.sliding_window_size,
             prefill_chunk_size=a.prefill_chunk_size, attention_sink_size=a.attention_sink_size,
         )
-        print(f"wrote {a.output}/mlc-chat-config.json")
+        print(f"wrote {a.output}/{CHAT_CONFIG_FILE}")
 
     p.set_defaults(func=run)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webrt.chat_config import CHAT_CONFIG_FILE, TOKENIZER_JSON
 from webrt.errors import ToolchainError
 from webrt.tools.chromium import Page, chromium_page
 from webrt.tools.paths import BOOT_DIR, find_node_package
@@ -78,7 +79,7 @@ BENCH_TEXT = ("The history of the printing press begins long before Gutenberg, w
 def bench_prompt(model_dir: Path, n: int, vocab: int) -> tuple[list[int], str | None]:
     """The first `n` token ids of BENCH_TEXT by the model's tokenizer.json, and their text; fixed
     spread-out ids (no text) for a model without a tokenizer.json."""
-    path = Path(model_dir) / "tokenizer.json"
+    path = Path(model_dir) / TOKENIZER_JSON
     if not path.is_file():
         return [(17 + 7919 * i) % vocab for i in range(n)], None
     from tokenizers import Tokenizer
@@ -89,7 +90,7 @@ def bench_prompt(model_dir: Path, n: int, vocab: int) -> tuple[list[int], str | 
 
 
 def _options(model: BrowserModel, server: ArtifactServer, steps: int, warmup: int, prompt_len: int) -> dict[str, Any]:
-    config = json.loads((model.model_dir / "mlc-chat-config.json").read_text())
+    config = json.loads((model.model_dir / CHAT_CONFIG_FILE).read_text())
     vocab = int(config["vocab_size"])
     chunk = int(config.get("prefill_chunk_size") or 128)
     context = int(config["context_window_size"])

@@ -32,10 +32,11 @@ def _prompt(vocab: int, n: int) -> list[int]:
 
 def bench_webrt_cpu(model: NativeModel, steps: int = 16, warmup: int = 2, prompt_len: int = 8) -> dict[str, Any]:
     """Decode ms/token of the CPU library (TVM's runtime)."""
+    from webrt.chat_config import CHAT_CONFIG_FILE
     from webrt.engine.model_runner import ModelRunner, WindowConfig
     from webrt.native.backend import NativeBackend
 
-    config = json.loads((Path(model.model_dir) / "mlc-chat-config.json").read_text())
+    config = json.loads((Path(model.model_dir) / CHAT_CONFIG_FILE).read_text())
     t0 = time.perf_counter()
     runner = ModelRunner(NativeBackend(Path(model.model_dir), Path(model.lib)),
                          WindowConfig(int(config["context_window_size"]), -1, -1,

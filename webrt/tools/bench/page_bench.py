@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 
+from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.engine.config import ModelRecord
 from webrt.engine.model_runner import ModelRunner, WindowConfig
 from webrt.wasm.loader import WebGPUModelLoader
@@ -21,7 +22,7 @@ async def _webrt_bench(opts):
     t0 = time.perf_counter()
     loader = WebGPUModelLoader(cache_backend="cache")
     record = ModelRecord(model=opts["model"], model_id="bench", model_lib=opts["wasm"])
-    chat_config = json.loads(await loader.read_text(record, "mlc-chat-config.json"))
+    chat_config = json.loads(await loader.read_text(record, CHAT_CONFIG_FILE))
     backend = await loader.load(record, chat_config, None)
     runner = ModelRunner(backend, WindowConfig(opts["contextWindow"], -1, -1, opts["prefillChunk"]))
     backend.runtime.gpu_ctx.sync()

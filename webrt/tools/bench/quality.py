@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from webrt.chat_config import CHAT_CONFIG_FILE, TOKENIZER_JSON
 from webrt.errors import ModelConfigError
 
 
@@ -35,7 +36,7 @@ def text_token_ids(model_dir: Path, text: str, max_tokens: int) -> list[int]:
     """The text's token ids by the model's own tokenizer.json (HF tokenizers), no special tokens."""
     from tokenizers import Tokenizer
 
-    path = Path(model_dir) / "tokenizer.json"
+    path = Path(model_dir) / TOKENIZER_JSON
     if not path.is_file():
         raise ModelConfigError(f"{path} is missing; `webrt bench quality` tokenizes the text with it "
                                "(run `webrt gen_config` into the model folder).")
@@ -75,7 +76,7 @@ def library_logprobs(model: QualityModel, ids: list[int]) -> np.ndarray:
     from webrt.engine.model_runner import ModelRunner
     from webrt.native.backend import NativeBackend
 
-    config = json.loads((Path(model.model_dir) / "mlc-chat-config.json").read_text())
+    config = json.loads((Path(model.model_dir) / CHAT_CONFIG_FILE).read_text())
     runner = ModelRunner(NativeBackend(model.model_dir, model.lib), window_config(config))
     if len(ids) > runner.window.max_total_length:
         raise ModelConfigError(f"{len(ids)} tokens do not fit {model.label}'s window of "
@@ -110,7 +111,7 @@ def bench_quality(models: list[QualityModel], reference: Path, text: str, max_to
         if text_token_ids(model.model_dir, text, max_tokens) != ids:
             raise ModelConfigError(f"{model.label} tokenizes the text differently from {models[0].label}; "
                                    "compare models of one tokenizer in one run.")
-        config = json.loads((Path(model.model_dir) / "mlc-chat-config.json").read_text())
+        config = json.loads((Path(model.model_dir) / CHAT_CONFIG_FILE).read_text())
         t0 = time.perf_counter()
         lib = library_logprobs(model, ids)
         rows.append({"label": model.label, "quantization": config.get("quantization"),
