@@ -3,7 +3,7 @@
 The exported library follows MLC-LLM's ABI: ``embed``, ``prefill``, ``decode``,
 ``batch_prefill``, ``batch_decode`` take the parameters as one trailing packed array
 (``param_mode: packed``); ``create_tir_paged_kv_cache`` builds the paged KV cache;
-``_metadata`` returns a JSON string; sampling helpers come from :mod:`webrt.compiler.sampling`.
+``_metadata`` returns a JSON string; sampling helpers come from :mod:`webrt.compiler.schedules.sampling`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from tvm.s_tir import dlight as dl
 from tvm.target import Target
 
 from webrt import __version__
-from webrt.compiler.cpu_schedule import NTMatmulCPU
-from webrt.compiler.gpu_schedule import RowPerThreadMatmul
 from webrt.compiler.quantization import Quantization
-from webrt.compiler.sampling import attach_sampling_functions
+from webrt.compiler.schedules.cpu import NTMatmulCPU
+from webrt.compiler.schedules.gpu import RowPerThreadMatmul
+from webrt.compiler.schedules.sampling import attach_sampling_functions
 from webrt.models.config import TransformerConfig
 from webrt.models.registry import architecture_for_hf, model_class
 

@@ -16,7 +16,7 @@ from tvm.s_tir import dlight as dl
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
-from webrt.compiler.schedule_util import find_nt_matmul, static_extent
+from webrt.compiler.schedules.util import find_nt_matmul, static_extent
 
 ROWS_PER_TASK = 16
 

@@ -24,7 +24,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
 
-from webrt.compiler.schedule_util import find_nt_matmul, static_extent
+from webrt.compiler.schedules.util import find_nt_matmul, static_extent
 
 ROWS_PER_GROUP = 64  # weight rows (threads) per workgroup
 UNROLL = 8  # codes per packed 4-bit word
