@@ -60,7 +60,7 @@ def native_reference(art: Any) -> dict[str, Any]:
 
 
 BROWSER_RUN = r"""
-import asyncio, json, struct, time
+import asyncio, dataclasses, json, struct, time
 import js
 from webrt.engine.config import ModelRecord
 from webrt.engine.model_runner import ModelRunner, WindowConfig
@@ -141,7 +141,7 @@ result["sampled"] = await asyncio.create_task(sample_task())
 rt = backend.runtime
 result["timings"] = rt.timings
 result["progress"] = progress
-result["stats"] = {k: v for k, v in backend.stats.snapshot().items() if k != "pipeline_s"}
+result["stats"] = {k: v for k, v in dataclasses.asdict(backend.stats).items() if k != "pipeline_s"}
 result["slowest_kernels"] = sorted(backend.stats.pipeline_s.items(), key=lambda kv: -kv[1])[:5]
 result["errors"] = list(rt.gpu.errors)
 result["launched"] = rt.launched_kernels()

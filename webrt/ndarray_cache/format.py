@@ -87,10 +87,6 @@ class TensorCacheIndex:
     metadata: dict[str, Any]
     shards: tuple[ShardRecord, ...]
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(s.nbytes for s in self.shards)
-
     def tensors(self) -> dict[str, tuple[ShardRecord, TensorRecord]]:
         """Every tensor by name, with the shard holding it."""
         return {t.name: (s, t) for s in self.shards for t in s.records}

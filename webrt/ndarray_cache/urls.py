@@ -15,7 +15,6 @@ MODEL_SCOPE = "webrt/model"  # tensor-cache index, weight shards, tokenizer file
 CONFIG_SCOPE = "webrt/config"  # mlc-chat-config.json
 WASM_SCOPE = "webrt/wasm"  # model libraries (.wasm)
 KERNELS_SCOPE = "webrt/kernels"  # per library: the WebGPU kernels a model actually launched
-SCOPES = (MODEL_SCOPE, CONFIG_SCOPE, WASM_SCOPE, KERNELS_SCOPE)
 
 _HAS_REVISION = re.compile(r".+/resolve/[^/]+/")
 

@@ -12,7 +12,6 @@ from a synchronous Python callback invoked by JS (an event handler): call the en
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Callable, Sequence
 
 from webrt.errors import ModelLibraryError
@@ -96,10 +95,6 @@ class WasmBackend:
         self.runtime.dispose()
 
     # --- extras -------------------------------------------------------------------------------------
-    def download_f32(self, tensor: Tensor) -> list[float]:
-        data = self.download(tensor)
-        return list(struct.unpack(f"<{len(data) // 4}f", data))
-
     @property
     def stats(self) -> Any:
         return self.runtime.gpu_ctx.stats

@@ -25,7 +25,6 @@ from webrt.errors import WebrtError
 ANY_SIZE = 16
 OBJECT_HEADER_SIZE = 24
 DLTENSOR_SIZE = 40
-PTR_SIZE = 4
 
 
 class TypeIndex:
@@ -280,13 +279,6 @@ def unpack_dltensor(raw: bytes | bytearray | memoryview, off: int = 0) -> DLTens
     )
     return DLTensorInfo(data, Device(dev_type, dev_id), ndim, DataType(code, bits, lanes), shape_ptr, strides_ptr,
                         byte_offset)
-
-
-def pack_dltensor(info: DLTensorInfo) -> bytes:
-    """Encode a DLTensor (the inverse of `unpack_dltensor`)."""
-    d = info.dtype
-    return _DLTENSOR.pack(info.data, info.device.device_type, info.device.device_id, info.ndim, d.code, d.bits,
-                          d.lanes, info.shape_ptr, info.strides_ptr, info.byte_offset)
 
 
 def unpack_int64s(raw: bytes | bytearray | memoryview, count: int, off: int = 0) -> tuple[int, ...]:

@@ -394,9 +394,6 @@ class Instance:
             self._globals[name] = fn
         return fn
 
-    def has_global(self, name: str) -> bool:
-        return name in self._globals or self.get_global(name) is not None
-
     def register_func(self, name: str, fn: Callable[..., Any] | Function, override: bool = False,
                       raw: bool = False) -> None:
         """Register `fn` as the TVM global `name` (a Python callable, raw callback or Function)."""

@@ -87,7 +87,7 @@ class KernelTrackingBackend(WasmBackend):
         if launched == self._launched:
             return
         self._launched = launched
-        names = {k.spec.name for k in kernels if k.launches}
+        names = set(self.runtime.launched_kernels())
         if names <= self._saved:
             return
         self._saved |= names

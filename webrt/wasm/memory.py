@@ -16,7 +16,6 @@ from __future__ import annotations
 import struct
 from typing import Callable, Protocol
 
-_I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
 
 
@@ -38,9 +37,6 @@ class MemoryOps:
 
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:  # pragma: no cover
         raise NotImplementedError
-
-    def read_i32(self, ptr: int) -> int:
-        return _I32.unpack(self.read(ptr, 4))[0]
 
     def read_u32(self, ptr: int) -> int:
         return _U32.unpack(self.read(ptr, 4))[0]
@@ -103,10 +99,6 @@ class JsMemory(MemoryOps):
     def read(self, ptr: int, nbytes: int) -> bytes:
         return self._subarray(ptr, ptr + nbytes).to_bytes()
 
-    def read_into(self, ptr: int, out: bytearray | memoryview) -> None:
-        """Copy `len(out)` bytes at `ptr` into an existing Python buffer."""
-        self._subarray(ptr, ptr + len(out)).assign_to(out)
-
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
         self._subarray(ptr, ptr + len(data)).assign(data)
 
@@ -143,11 +135,6 @@ class ArgStack:
             raise MemoryError(f"TVMWasmAllocSpace({nbytes}) failed")
         self._spill[ptr] = self.top
         return ptr
-
-    def next_address(self, nbytes: int) -> int:
-        """The address `push(nbytes)` would return if it fits in the block, else 0."""
-        nbytes = (nbytes + 7) & ~7
-        return self.base + self.top if self.top + nbytes <= self.size else 0
 
     def pop(self, ptr: int) -> None:
         """Release the frame at `ptr` and everything pushed after it."""

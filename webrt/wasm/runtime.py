@@ -38,7 +38,7 @@ from webrt.engine.progress import InitProgressCallback, InitProgressReport
 from webrt.errors import ModelLibraryError
 from webrt.wasm.ffi import AllocatorKind, DeviceType
 from webrt.wasm.instance import Instance
-from webrt.wasm.objects import Function, Module
+from webrt.wasm.objects import Module
 from webrt.wasm.webgpu.context import WebGPUContext
 from webrt.wasm.webgpu.device import GPUInfo
 from webrt.wasm.webgpu.device_api import register_device_api
@@ -142,9 +142,6 @@ class Runtime:
     def launched_kernels(self) -> list[str]:
         """Kernels launched at least once so far (persist this to create only them next time)."""
         return [k.spec.name for k in self.gpu_ctx.kernels if k.launches]
-
-    def function(self, name: str) -> Function:
-        return self.vm[name]
 
     def dispose(self) -> None:
         self.gpu_ctx.dispose()

@@ -17,7 +17,6 @@ from webrt.wasm.memory import Memory
 ESUCCESS = 0
 EBADF = 8
 EINVAL = 28
-ENOSYS = 52
 
 #: the functions a TVM model library imports, in the order export_wasm lists them
 IMPORTS = ("clock_time_get", "proc_exit", "fd_write", "fd_read", "fd_close", "environ_sizes_get", "environ_get",

@@ -225,19 +225,6 @@ class WebGPUContext:
         self._check_lost()
         return data
 
-    async def read_async(self, ptr: int, offset: int, nbytes: int) -> bytes:
-        """Like `read`, awaiting instead of blocking."""
-        if nbytes == 0:
-            return b""
-        staging, n4 = self._stage_read(ptr, offset, nbytes)
-        t0 = time.perf_counter()
-        await staging.mapAsync(self._map_read, 0, n4)
-        self.stats.wait_s += time.perf_counter() - t0
-        data = self._js.Uint8Array.new(staging.getMappedRange(0, n4), 0, nbytes).to_bytes()
-        self._recycle_read(staging)
-        self.stats.readbacks += 1
-        return data
-
     def sync(self) -> None:
         """Submit everything and block until the GPU (and deferred reads) are done."""
         from pyodide.ffi import run_sync
@@ -249,12 +236,6 @@ class WebGPUContext:
             run_sync(self._pending_reads.pop(0))
         self.stats.wait_s += time.perf_counter() - t0
         self._check_lost()
-
-    async def sync_async(self) -> None:
-        self.flush()
-        await self.queue.onSubmittedWorkDone()
-        while self._pending_reads:
-            await self._pending_reads.pop(0)
 
     def stream_sync(self) -> None:
         """C++ `StreamSync`: submit; later host reads wait on the queue anyway."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass
@@ -25,6 +24,3 @@ class Stats:
     kernels_failed: dict[str, str] = field(default_factory=dict)
     pipeline_s: dict[str, float] = field(default_factory=dict)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
-                for k, v in self.__dict__.items()}
