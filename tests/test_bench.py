@@ -98,7 +98,7 @@ def test_quality_bench_scores_builds_against_transformers(tmp_path: Path, capsys
                "--model", str(quantized.model_dir), "--model-lib", str(quantized.libs["cpu"]), "--label", "q4",
                "--json", str(out)])
     assert rc == 0
-    assert "| q0 | q0f32 | 47 |" in capsys.readouterr().out
+    assert "| q0 | q0f32 | CPU library, TVM runtime | 47 |" in capsys.readouterr().out
     q0, q4 = json.loads(out.read_text())
     assert abs(q0["ppl_delta_pct"]) < 0.01 and q0["mean_kl"] < 1e-6 and q0["top1_agreement"] == 1.0
     assert q4["mean_kl"] > 100 * max(q0["mean_kl"], 1e-9)
@@ -150,3 +150,20 @@ def test_wllama_rows_run_llama_cpp_on_the_gguf_itself() -> None:
         assert cold["predicted"] == 5 and cold["decodeMsPerToken"] > 0 and cold["text"].strip()
         assert run["warm"]["readyMs"] > 0
     assert runs[0]["cold"]["text"] == runs[1]["cold"]["text"]  # greedy: threads change speed, not tokens
+
+
+@pytest.mark.browser
+def test_quality_bench_in_the_browser_matches_the_reference(tmp_path: Path) -> None:
+    """The WebGPU library run by webrt on Pyodide, teacher-forced: as close to transformers as
+    SwiftShader's sin/cos allow (~2e-4 absolute in RoPE), same top-1 token everywhere."""
+    import model_factory
+    from webrt.tools.bench.quality import QualityModel, bench_quality
+
+    if not pyodide_util.pyodide_available() or shutil.which("emcc") is None:
+        pytest.skip("chromium, playwright, npm pyodide or emcc is missing")
+    art = model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
+    text = "Paris is the capital of France. The quick brown fox jumps over the lazy dog."
+    (row,) = bench_quality([QualityModel("tiny", art.model_dir, art.libs["webgpu"])], art.hf_dir, text,
+                           max_tokens=24, browser=True)
+    assert row["where"].startswith("WebGPU") and row["tokens"] >= 16
+    assert row["mean_kl"] < 1e-4 and row["top1_agreement"] == 1.0 and abs(row["ppl_delta_pct"]) < 0.1

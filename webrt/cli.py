@@ -163,11 +163,14 @@ def _bench(p: argparse.ArgumentParser) -> None:
             q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
     q = sub.add_parser("quality", help="perplexity and KL of CPU libraries against the reference model")
     q.add_argument("--model", action="append", required=True, help="model folder (repeat for several)")
-    q.add_argument("--model-lib", action="append", required=True, help="its CPU library (.so), one per --model")
+    q.add_argument("--model-lib", action="append", required=True,
+                   help="its CPU library (.so), or with --browser its WebGPU library (.wasm); one per --model")
     q.add_argument("--label", action="append", help="row label, one per --model (default: folder name)")
     q.add_argument("--reference", required=True, help="the source the models were built from (HF folder or .gguf)")
     q.add_argument("--text", required=True, help="a UTF-8 text file, teacher-forced through every model")
     q.add_argument("--max-tokens", type=int, default=512, help="tokens of the text to use")
+    q.add_argument("--browser", action="store_true",
+                   help="the libraries are WebGPU ones (.wasm): run them in headless Chromium (use a short text)")
     q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
     q.add_argument("--json", help="also write the raw results here")
     q = sub.add_parser("tokenizer", help="pure-Python tokenizer speed, CPython and Pyodide")
@@ -202,7 +205,8 @@ def _bench(p: argparse.ArgumentParser) -> None:
             if not text_path.is_file():
                 raise ModelConfigError(f"--text {text_path} is not a file; give a UTF-8 text to score.")
             results = bench_quality([QualityModel(n, Path(m), Path(lib)) for n, m, lib in zip(names, a.model, a.model_lib)],
-                                    Path(a.reference), text_path.read_text(encoding="utf-8"), a.max_tokens, a.threads)
+                                    Path(a.reference), text_path.read_text(encoding="utf-8"), a.max_tokens, a.threads,
+                                    a.browser)
             text = report.quality_table(results)
         elif a.bench_kind == "browser":
             from webrt.tools.bench.browser_bench import BrowserModel, bench_model

@@ -49,7 +49,7 @@ class BrowserModel:
         return "".join(c if c.isalnum() or c in "-_." else "-" for c in self.label)
 
 
-def _server(models: list[BrowserModel]) -> ArtifactServer:
+def bench_server(models: list[BrowserModel]) -> ArtifactServer:
     from webrt.tools.bundle import build_bundle
 
     tvmjs = find_node_package("@mlc-ai/web-runtime") / "lib"
@@ -106,18 +106,24 @@ def _run_tvmjs(page: Page, opts: dict[str, Any], timeout_s: float) -> dict[str, 
     return page.evaluate("(opts) => webrtBenchTvmjs(opts)", opts, timeout_s=timeout_s)
 
 
-def _run_webrt(page: Page, server: ArtifactServer, opts: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    boot_ms = page.evaluate("async () => await window.webrtBoot", timeout_s=120)
-    code = (BENCH_DIR / "page_bench.py").read_text()
+def run_page_python(page: Page, script: str, function: str, opts: dict[str, Any], timeout_s: float) -> Any:
+    """In a page of WEBRT_PAGE: boot webrt, run `script` (a file of BENCH_DIR), then
+    ``await function(json.dumps(opts))``; its value. Python errors in the page are raised here."""
+    page.evaluate("async () => await window.webrtBoot", timeout_s=120)
+    code = (BENCH_DIR / script).read_text()
     result = page.evaluate("async (code) => await window.webrt.runPython(code)", code, timeout_s=60)
     if result.get("error"):
         raise RuntimeError(result["error"])
     result = page.evaluate("async (arg) => await window.webrt.runPython(arg)",
-                           f"await webrt_bench({json.dumps(json.dumps(opts))})", timeout_s=timeout_s)
+                           f"await {function}({json.dumps(json.dumps(opts))})", timeout_s=timeout_s)
     if result.get("error"):
-        raise RuntimeError(f"webrt bench failed in the page:\n{result['error']}")
-    out = result["value"]
-    out["bootMs"] = boot_ms
+        raise RuntimeError(f"{function} failed in the page:\n{result['error']}")
+    return result["value"]
+
+
+def _run_webrt(page: Page, server: ArtifactServer, opts: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    out = run_page_python(page, "page_bench.py", "webrt_bench", opts, timeout_s)
+    out["bootMs"] = page.evaluate("async () => await window.webrtBoot", timeout_s=10)
     return out
 
 
@@ -142,7 +148,7 @@ def bench_model(model: BrowserModel, steps: int = 8, warmup: int = 2, prompt_len
     """Both runtimes on one model: {"tvmjs": {cold, warm}, "webrt": {cold, warm}, ...}; with
     `model.gguf`, llama.cpp's wasm build (wllama) on that file too, once per thread count."""
     out: dict[str, Any] = {"label": model.label}
-    with _server([model]) as server:
+    with bench_server([model]) as server:
         opts = _options(model, server, steps, warmup, prompt_len)
         for runtime in ("tvmjs", "webrt"):
             log(f"[bench] {model.label}: {runtime}, cold cache ...")

@@ -86,6 +86,23 @@ def library_logprobs(model: QualityModel, ids: list[int]) -> np.ndarray:
     return log_softmax(np.asarray(rows, dtype=np.float32))
 
 
+def browser_library_logprobs(model: QualityModel, ids: list[int], timeout_s: float = 1800) -> np.ndarray:
+    """[len(ids) - 1, V] next-token log-probs of the WebGPU library (``model.lib`` is the .wasm) in
+    headless Chromium, fed one token per decode step by webrt's runtime on Pyodide."""
+    import base64
+
+    from webrt.tools.bench.browser_bench import BrowserModel, bench_server, run_page_python
+    from webrt.tools.chromium import chromium_page
+
+    page_model = BrowserModel(model.label, Path(model.model_dir), Path(model.lib))
+    with bench_server([page_model]) as server, chromium_page() as page:
+        page.goto(server.url("/webrt.html"))
+        rows = run_page_python(page, "page_quality.py", "webrt_quality_logits",
+                               {"model": f"/models/{page_model.slug}/", "ids": ids,
+                                "wasm": f"/libs/{page_model.slug}/{page_model.wasm.name}"}, timeout_s)
+    return log_softmax(np.stack([np.frombuffer(base64.b64decode(r), dtype=np.float32) for r in rows]))
+
+
 def compare(reference: np.ndarray, library: np.ndarray, ids: list[int]) -> dict[str, float]:
     """Perplexities, KL(reference || library) and top-1 agreement over the teacher-forced positions."""
     vocab = min(reference.shape[1], library.shape[1])
@@ -100,8 +117,9 @@ def compare(reference: np.ndarray, library: np.ndarray, ids: list[int]) -> dict[
 
 
 def bench_quality(models: list[QualityModel], reference: Path, text: str, max_tokens: int = 512,
-                  threads: int = 2) -> list[dict[str, Any]]:
-    """One row per model: its quality against `reference` on the same token ids."""
+                  threads: int = 2, browser: bool = False) -> list[dict[str, Any]]:
+    """One row per model: its quality against `reference` on the same token ids; with `browser`,
+    the libraries are WebGPU ones run in headless Chromium."""
     ids = text_token_ids(models[0].model_dir, text, max_tokens)
     t0 = time.perf_counter()
     ref = reference_logprobs(reference, ids, threads)
@@ -113,8 +131,9 @@ def bench_quality(models: list[QualityModel], reference: Path, text: str, max_to
                                    "compare models of one tokenizer in one run.")
         config = json.loads((Path(model.model_dir) / CHAT_CONFIG_FILE).read_text())
         t0 = time.perf_counter()
-        lib = library_logprobs(model, ids)
+        lib = browser_library_logprobs(model, ids) if browser else library_logprobs(model, ids)
         rows.append({"label": model.label, "quantization": config.get("quantization"),
+                     "where": "WebGPU library, Chromium" if browser else "CPU library, TVM runtime",
                      "reference": str(reference), "reference_s": ref_s, "library_s": time.perf_counter() - t0,
                      **compare(ref, lib, ids)})
     return rows

@@ -59,10 +59,11 @@ def native_table(results: list[dict[str, Any]]) -> str:
 
 def quality_table(results: list[dict[str, Any]]) -> str:
     """One row per model: teacher-forced perplexity and KL against the reference model."""
-    lines = ["| model | quantization | tokens | perplexity | reference perplexity | difference | mean KL (nats) "
-             "| top-1 agreement |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | quantization | library | tokens | perplexity | reference perplexity | difference "
+             "| mean KL (nats) | top-1 agreement |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['label']} | {r['quantization']} | {r['tokens']} | {r['ppl']:.3f} | {r['reference_ppl']:.3f} "
+        lines.append(f"| {r['label']} | {r['quantization']} | {r['where']} | {r['tokens']} | {r['ppl']:.3f} | "
+                     f"{r['reference_ppl']:.3f} "
                      f"| {r['ppl_delta_pct']:+.2f}% | {r['mean_kl']:.4f} | {100 * r['top1_agreement']:.1f}% |")
     return "\n".join(lines)
 
