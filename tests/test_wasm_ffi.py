@@ -28,7 +28,7 @@ from webrt.wasm.ffi import (
     unpack_dltensor,
     unpack_pod,
 )
-from webrt.wasm.memory import ArgStack, BytesMemory
+from webrt.wasm.memory import ArgStack, MemoryOps
 from webrt.wasm.wasi import EBADF, ESUCCESS, ProcExit, Wasi
 from webrt.wasm.webgpu import KernelSpec, check_library, f32_alternative, fold_grid, GPUInfo
 from webrt.wasm.webgpu.buffers import RECYCLE_MAX_BYTES, BufferTable
@@ -36,6 +36,27 @@ from webrt.wasm.webgpu.device import LiveBuffers
 from webrt.errors import FeatureNotSupportedError, ModelLibraryError
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class BytesMemory(MemoryOps):
+    """Linear memory backed by a bytearray: `webrt.wasm.memory.Memory` on CPython."""
+
+    def __init__(self, size: int):
+        self.data = bytearray(size)
+
+    def read(self, ptr: int, nbytes: int) -> bytes:
+        if ptr < 0 or ptr + nbytes > len(self.data):
+            raise IndexError(f"read [{ptr}, {ptr + nbytes}) outside memory of {len(self.data)} bytes")
+        return bytes(self.data[ptr : ptr + nbytes])
+
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if ptr < 0 or ptr + n > len(self.data):
+            raise IndexError(f"write [{ptr}, {ptr + n}) outside memory of {len(self.data)} bytes")
+        self.data[ptr : ptr + n] = data
+
+    def refresh(self) -> None:
+        pass
 
 
 def _anys(frame: bytes, n: int) -> list[tuple[int, int, int]]:

@@ -3,8 +3,8 @@
 `JsMemory` wraps a JS `WebAssembly.Memory` on Pyodide: every read is one `subarray` plus one
 `to_bytes` (a single copy into Python), every write one `subarray` plus `assign` (a single copy out
 of the Python buffer). Views are rebuilt when the instance reports memory growth
-(`emscripten_notify_memory_growth`). `BytesMemory` is the same interface over a `bytearray`, for
-tests of the pure logic on CPython.
+(`emscripten_notify_memory_growth`). Anything with `read`/`write`/`refresh` (`Memory`) will do,
+e.g. a `bytearray`-backed one for tests of the pure logic on CPython.
 
 `ArgStack` hands out argument frames (TVMFFIAny arrays, strings, result slots) from one block of
 wasm memory, as a stack: a callback from wasm into Python that calls back into wasm gets a frame
@@ -56,27 +56,6 @@ class MemoryOps:
             out += piece
             chunk = min(chunk * 4, 1 << 16)
         return out.decode("utf-8", "replace")
-
-
-class BytesMemory(MemoryOps):
-    """Linear memory backed by a bytearray (CPython tests)."""
-
-    def __init__(self, size: int):
-        self.data = bytearray(size)
-
-    def read(self, ptr: int, nbytes: int) -> bytes:
-        if ptr < 0 or ptr + nbytes > len(self.data):
-            raise IndexError(f"read [{ptr}, {ptr + nbytes}) outside memory of {len(self.data)} bytes")
-        return bytes(self.data[ptr : ptr + nbytes])
-
-    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
-        n = len(data)
-        if ptr < 0 or ptr + n > len(self.data):
-            raise IndexError(f"write [{ptr}, {ptr + n}) outside memory of {len(self.data)} bytes")
-        self.data[ptr : ptr + n] = data
-
-    def refresh(self) -> None:
-        pass
 
 
 class JsMemory(MemoryOps):
