@@ -3,7 +3,8 @@
 The exported library follows MLC-LLM's ABI: ``embed``, ``prefill``, ``decode``,
 ``batch_prefill``, ``batch_decode`` take the parameters as one trailing packed array
 (``param_mode: packed``); ``create_tir_paged_kv_cache`` builds the paged KV cache;
-``_metadata`` returns a JSON string; sampling helpers come from :mod:`webrt.compiler.schedules.sampling`.
+``_metadata`` returns a JSON string; sampling helpers come from
+:mod:`webrt.compiler.schedules.sampling`.
 """
 
 from __future__ import annotations
