@@ -270,7 +270,7 @@ def test_model_library_needs_no_asyncify() -> None:
     if shutil.which("emcc") is None:
         pytest.skip("emcc is not installed")
     import model_factory
-    from webrt.compiler.wasm_export import wasm_exports
+    from webrt.compiler.linking.wasm_export import wasm_exports
 
     art = model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
     exports = wasm_exports(art.libs["webgpu"])

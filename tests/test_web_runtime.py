@@ -19,8 +19,8 @@ import browser_util
 import numpy as np
 import pytest
 
-from webrt.compiler import web_runtime
-from webrt.compiler.wasm_export import export_wasm, wasm_exports, wasm_imports
+from webrt.compiler.linking import web_runtime
+from webrt.compiler.linking.wasm_export import export_wasm, wasm_exports, wasm_imports
 from webrt.errors import ModelLibraryError, ToolchainError
 
 needs_emcc = pytest.mark.skipif(shutil.which("emcc") is None, reason="emcc is not installed")
