@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 
-from webrt.compiler.web_runtime import ensure_web_runtime
+from webrt.compiler.linking.web_runtime import ensure_web_runtime
 from webrt.errors import ToolchainError
 
 

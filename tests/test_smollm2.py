@@ -25,7 +25,7 @@ from tvm.contrib import tvmjs
 
 from model_factory import smollm2_artifacts, smollm2_gguf
 from webrt.compiler.quantization import Quantization, get_quantization
-from webrt.compiler.wasm_export import wasm_imports
+from webrt.compiler.linking.wasm_export import wasm_imports
 from webrt.engine.model_runner import ModelRunner, WindowConfig
 from webrt.native.backend import NativeBackend
 

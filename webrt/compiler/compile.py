@@ -86,7 +86,7 @@ def compile_model(
     os.close(fd)
     try:
         if device == "webgpu":
-            from webrt.compiler.wasm_export import export_wasm
+            from webrt.compiler.linking.wasm_export import export_wasm
 
             export_wasm(executable, tmp)
         else:

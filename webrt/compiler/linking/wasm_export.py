@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from webrt.compiler.web_runtime import (
+from webrt.compiler.linking.web_runtime import (
     EMCC_INSTALL_HINT,
     emcc_env,
     ensure_web_runtime,
