@@ -449,7 +449,8 @@ def test_json_mode_output_parses_even_from_a_random_model(smol) -> None:
         engine = await engine_for(smol, {"context_window_size": 2048})
         parsed = 0
         for seed in range(6):
-            request = dict(messages=[{"role": "user", "content": "Reply in JSON."}], seed=seed, temperature=1.0)
+            request = dict(messages=[{"role": "user", "content": "Reply in JSON."}], seed=seed, temperature=1.0,
+                           top_p=1.0)  # the full distribution (gen_config's default top_p is 0.95)
             reply = await engine.chat.completions.create(**request, max_tokens=1500,
                                                          response_format={"type": "json_object"})
             choice = reply.choices[0]
@@ -464,6 +465,7 @@ def test_json_mode_output_parses_even_from_a_random_model(smol) -> None:
                                                       response_format={"type": "json_object"})
         assert isinstance(json.loads(greedy.choices[0].message.content), dict)
         stream = await engine.chat.completions.create(messages=USER, seed=9, max_tokens=1500, stream=True,
+                                                      temperature=1.0, top_p=1.0,
                                                       response_format={"type": "json_object"})
         text = "".join([c.choices[0].delta.get("content", "") async for c in stream])
         assert isinstance(json.loads(text), dict)
@@ -551,7 +553,7 @@ def test_model_record_aliases_and_app_config() -> None:
 
 
 def test_defaults_layering_in_the_engine(llama2) -> None:
-    """mlc-chat-config (temperature 1) < record overrides < chat_opts < request fields."""
+    """mlc-chat-config (temperature 0.7) < record overrides < chat_opts < request fields."""
 
     async def main():
         greedy = (await (await engine_for(llama2)).completions.create(prompt="hello", temperature=0, max_tokens=12))
@@ -606,7 +608,11 @@ def test_bad_requests_raise_typed_errors(smol) -> None:
             (dict(logit_bias={"x": 1}), "logit_bias"), (dict(logit_bias={"1": 200}), "logit_bias"),
             (dict(logit_bias={"99999": 1}), "vocabulary"), (dict(top_logprobs=2), "logprobs"),
             (dict(logprobs=True, top_logprobs=21), "top_logprobs"), (dict(stream=True, n=2), "'n'"),
-            (dict(stream_options={"include_usage": True}), "stream_options"), (dict(tools=[{}]), "function calling"),
+            (dict(stream_options={"include_usage": True}), "stream_options"), (dict(tools=[{}]), "'tools' must be"),
+            (dict(tool_choice="auto"), "function calling"),
+            (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "no chat_template"),
+            (dict(chat_template_kwargs={"enable_thinking": False}), "no chat_template"),
+            (dict(chat_template_kwargs={"messages": []}), "may not set"),
             (dict(response_format={"type": "json_schema"}), "response_format"), (dict(temprature=1), "unknown"),
             (dict(stop=[1]), "stop"), (dict(n=0), "'n'"), (dict(seed="1"), "seed"),
         ]

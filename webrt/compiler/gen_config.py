@@ -1,6 +1,24 @@
 """``webrt gen_config``: write ``mlc-chat-config.json`` and the tokenizer files.
 
 Fields and defaults follow MLC-LLM's gen_config, so WebLLM reads the result as it reads MLC's.
+
+The model's own Jinja chat template, when the source has one (an HF folder's
+``chat_template.jinja``, else ``tokenizer_config.json`` ``chat_template``; a GGUF's
+``tokenizer.chat_template``), is kept as ``chat_template`` with the special-token strings it uses
+(``chat_template_special_tokens``); the engine renders prompts with it. ``conv_template`` stays
+for WebLLM, its system message and stop strings / ids derived from that template and the
+tokenizer's EOS ids (see :mod:`webrt.conversation.model_template`). A template that does not
+parse or render a one-message conversation is a ConversationTemplateError.
+
+Sampling defaults: ``temperature``, ``top_p``, ``top_k`` and ``repetition_penalty`` come from an
+HF folder's ``generation_config.json`` or a GGUF's ``general.sampling.*`` metadata (``temp``,
+``top_p``, ``top_k``, ``penalty_repeat``) where present; otherwise temperature 0.7, top_p 0.95,
+repetition_penalty 1.0. Temperature 1.0 with top_p 1.0 samples the whole tail of the
+distribution, where small (and quantized) models put enough mass on off-topic tokens to derail
+a reply; 0.7 sharpens the distribution and top_p 0.95 drops the last 5% of the mass, while the
+replies still vary with the seed. Repetition penalties change what the model was trained to
+predict, so none is applied unless the model asks for one. ``top_k`` is recorded when the source
+gives one, but the engine samples with temperature and top-p only and does not apply it.
 """
 
 from __future__ import annotations
@@ -15,7 +33,15 @@ from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.compiler.output import staged_output_dir
 from webrt.compiler.quantization import get_quantization
 from webrt.compiler.sources import GGUFSource, open_source
-from webrt.conversation import get_conv_template
+from webrt.conversation import Conversation, get_conv_template
+from webrt.conversation.chat_template import special_tokens_from_config
+from webrt.conversation.model_template import (
+    CHAT_TEMPLATE_KEY,
+    SPECIAL_TOKENS_KEY,
+    checked_template,
+    derive_defaults,
+    template_text,
+)
 from webrt.errors import ModelConfigError
 from webrt.models.config import TransformerConfig
 from webrt.models.registry import architecture_for_hf
@@ -31,12 +57,19 @@ TOKENIZER_FILES = (
 )
 DEFAULT_PREFILL_CHUNK = 2048
 SLIDING_WINDOW_SINK = 0  # HF's Mistral keeps no attention sink; pass --attention-sink-size to add one
-GENERATION_DEFAULTS = {
-    "temperature": 1.0,
+GENERATION_DEFAULTS = {  # why these values: see the module docstring
+    "temperature": 0.7,
     "presence_penalty": 0.0,
     "frequency_penalty": 0.0,
     "repetition_penalty": 1.0,
-    "top_p": 1.0,
+    "top_p": 0.95,
+}
+#: GGUF ``general.sampling.*`` metadata -> chat config field.
+GGUF_SAMPLING_KEYS = {
+    "general.sampling.temp": "temperature",
+    "general.sampling.top_p": "top_p",
+    "general.sampling.top_k": "top_k",
+    "general.sampling.penalty_repeat": "repetition_penalty",
 }
 
 
@@ -63,15 +96,77 @@ def _window_settings(
     return context, -1, -1 if attention_sink_size is None else attention_sink_size
 
 
-def _generation_defaults(folder: Path | None) -> dict[str, float]:
-    values = dict(GENERATION_DEFAULTS)
+def _generation_defaults(folder: Path | None, gguf: GGUFSource | None = None) -> dict[str, float | int]:
+    """Sampling defaults: the source's own where it has them, else GENERATION_DEFAULTS."""
+    values: dict[str, float | int] = dict(GENERATION_DEFAULTS)
+    found: dict[str, Any] = {}
+    if gguf is not None:
+        found = {name: gguf.field(key) for key, name in GGUF_SAMPLING_KEYS.items()}
     gen = folder / "generation_config.json" if folder else None
     if gen is not None and gen.is_file():
         data = json.loads(gen.read_text())
-        for key in values:
-            if isinstance(data.get(key), (int, float)):
-                values[key] = float(data[key])
+        found = {key: data.get(key) for key in (*values, "top_k")}
+    for key, value in found.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key == "top_k":
+            if value > 0:
+                values["top_k"] = int(value)
+        elif key != "top_p" or 0 < value <= 1:
+            values[key] = float(value)
     return values
+
+
+def _eos_ids(*values: Any) -> list[int]:
+    """Token ids from ``eos_token_id`` values (an int or a list of ints each), in order."""
+    out: list[int] = []
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, int) and not isinstance(item, bool) and item not in out:
+                out.append(item)
+    return out
+
+
+def _chat_template(
+    source_path: Path, gguf: GGUFSource | None, staging: Path, conv: Conversation, eos_ids: list[int]
+) -> dict[str, Any]:
+    """The chat config fields of the model's own chat template (none without one); ``conv``
+    gets the system message and stop strings / ids derived from it."""
+    from webrt.tokenizer import Tokenizer
+
+    if gguf is not None:
+        source, where = gguf.field("tokenizer.chat_template"), f"{source_path.name} (tokenizer.chat_template)"
+    elif (source_path / "chat_template.jinja").is_file():
+        source, where = (source_path / "chat_template.jinja").read_text(encoding="utf-8"), "chat_template.jinja"
+    else:
+        config_file = source_path / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        source, where = config.get("chat_template"), "chat_template of tokenizer_config.json"
+    text = template_text(source)
+    if text is None:
+        return {}
+    special: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the later file wins, as in transformers
+        if (staging / name).is_file():
+            special.update(json.loads((staging / name).read_text()))
+    tokens = special_tokens_from_config(special)
+    template = checked_template(text, tokens, f"the chat template of {source_path} ({where})")
+    tokenizer = Tokenizer.from_file(staging / "tokenizer.json") if (staging / "tokenizer.json").is_file() else None
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        eos_ids = _eos_ids(eos_ids, tokenizer.eos_token_id)
+    defaults = derive_defaults(
+        template,
+        (lambda s: tokenizer.encode(s, add_special_tokens=False)) if tokenizer else None,
+        tokenizer.special_token_ids if tokenizer else (),
+        tokenizer.id_to_token if tokenizer else (lambda i: None),
+        eos_ids,
+    )
+    conv.system_message = defaults.system_message
+    if defaults.stop_str:
+        conv.stop_str = defaults.stop_str
+    if defaults.stop_token_ids:
+        conv.stop_token_ids = defaults.stop_token_ids
+    return {CHAT_TEMPLATE_KEY: text, SPECIAL_TOKENS_KEY: tokens}
 
 
 def tokenizer_info(tokenizer_json: dict[str, Any]) -> dict[str, Any]:
@@ -179,18 +274,24 @@ def gen_config(
             "attention_sink_size": sink,
             "tensor_parallel_shards": 1,
             "pipeline_parallel_stages": 1,
-            **_generation_defaults(folder),
+            **_generation_defaults(folder, source if is_gguf else None),
         }
         with staged_output_dir(output) as staging:
             files = _write_tokenizer(source_path, is_gguf, staging)
             tokenizer_json = staging / "tokenizer.json"
             info = tokenizer_info(json.loads(tokenizer_json.read_text())) if tokenizer_json.exists() else {}
+            ids = _token_ids(source.config, source if is_gguf else None)
+            gen_file = source_path / "generation_config.json" if folder else None
+            gen_eos = json.loads(gen_file.read_text()).get("eos_token_id") if gen_file and gen_file.is_file() else None
+            template_fields = _chat_template(source_path, source if is_gguf else None, staging, conv,
+                                             _eos_ids(ids["eos_token_id"], gen_eos))
             chat_config.update(
                 {
                     "tokenizer_files": files,
                     "tokenizer_info": info,
                     "conv_template": conv.to_json_dict(),
-                    **_token_ids(source.config, source if is_gguf else None),
+                    **template_fields,
+                    **ids,
                 }
             )
             (staging / CHAT_CONFIG_FILE).write_text(json.dumps(chat_config, indent=2))

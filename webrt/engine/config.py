@@ -4,7 +4,13 @@ A model's settings are ``mlc-chat-config.json`` with the record's ``overrides`` 
 ``chat_opts`` given to ``reload()`` laid over it (later wins, as WebLLM spreads them); each
 request's own fields (temperature, top_p, penalties) then override the result for that
 request. ``conv_config`` layers are merged field by field and applied to the conv template.
-Pure Python.
+
+A config with the model's own Jinja ``chat_template`` (written by ``webrt gen_config``) renders
+prompts with it (:class:`~webrt.conversation.chat_template.ChatTemplate`, byte for byte as
+transformers' ``apply_chat_template``), unless ``chat_opts`` / the record's overrides replace
+``conv_template``; a ``conv_config`` ``system_message`` then becomes the system message of
+conversations that have none. Configs without one (WebLLM / MLC artifacts) use ``conv_template``.
+Pure Python (jinja2, also pure Python, is imported only for configs with a chat template).
 """
 
 from __future__ import annotations
@@ -170,6 +176,8 @@ class ChatConfig:
     bos_token_id: int | None
     eos_token_id: int | None
     raw: dict[str, Any]
+    chat_template: Any = None  # a ChatTemplate (imported lazily: jinja2) or None
+    system_message: str | None = None  # conv_config's system_message, for chat-template prompts
 
 
 def _number(merged: Mapping[str, Any], name: str, default: float) -> float:
@@ -187,9 +195,11 @@ def merge_chat_config(
     """``base`` (mlc-chat-config.json) with each layer's set fields laid over it, checked."""
     merged = dict(base)
     conv_config: dict[str, Any] = dict(base.get("conv_config") or {})
+    replaces_conv_template = False
     for layer in layers:
         values = ChatOptions.from_value(layer).to_dict()
         conv_config.update(values.pop("conv_config", {}) or {})
+        replaces_conv_template = replaces_conv_template or "conv_template" in values
         merged.update(values)
     if "conv_template" not in merged:
         raise ModelConfigError("mlc-chat-config.json has no conv_template; re-run `webrt gen_config`.")
@@ -208,6 +218,16 @@ def merge_chat_config(
     if temperature < 0:
         raise ModelConfigError(f"temperature must be >= 0, got {temperature}")
     bos, eos = merged.get("bos_token_id"), merged.get("eos_token_id")
+    chat_template = None
+    if merged.get("chat_template") is not None and not replaces_conv_template:
+        from webrt.conversation.model_template import SPECIAL_TOKENS_KEY, checked_template
+
+        specials = merged.get(SPECIAL_TOKENS_KEY) or {}
+        if not isinstance(specials, Mapping) or not all(isinstance(v, str) for v in specials.values()):
+            raise ModelConfigError(f"{SPECIAL_TOKENS_KEY} must map token names to strings; re-run `webrt gen_config`.")
+        chat_template = checked_template(
+            merged["chat_template"], specials, "the chat_template of mlc-chat-config.json (re-run `webrt gen_config`)")
+    system_message = conv_config.get("system_message")
     return ChatConfig(
         conv_template=conv,
         vocab_size=vocab,
@@ -222,6 +242,8 @@ def merge_chat_config(
         bos_token_id=bos if isinstance(bos, int) else None,
         eos_token_id=eos if isinstance(eos, int) else None,
         raw=merged,
+        chat_template=chat_template,
+        system_message=system_message if isinstance(system_message, str) else None,
     )
 
 

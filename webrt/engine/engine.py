@@ -232,7 +232,7 @@ class Engine:
     async def _create(self, request: GenerationRequest) -> Any:
         model = self._select(request.model)
         if isinstance(request, ChatCompletionRequest):
-            prompt = model.chat_prompt_tokens(request.messages)
+            prompt = model.chat_prompt_tokens(request.messages, request.tools, request.chat_template_kwargs)
         else:
             assert isinstance(request, CompletionRequest)
             prompt = model.completion_prompt_tokens(request.prompt)

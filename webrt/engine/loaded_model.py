@@ -3,7 +3,10 @@
 The cache holds one token sequence. :meth:`LoadedModel.prefill_prompt` keeps the longest
 common prefix of that sequence and the new prompt, rolls back the rest and prefills only the
 new part (in ``prefill_chunk_size`` chunks), so a chat that extends the previous conversation
-pays only for its new turn. Pure Python.
+pays only for its new turn. Chat prompts are rendered whole each turn (with the model's own chat
+template when the config has one, tokenized without adding special tokens, as transformers'
+``apply_chat_template(tokenize=True)`` does; else with ``conv_template``), and that prefix
+match finds the tokens of the earlier turns already in the cache. Pure Python.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from webrt.conversation import conversation_from_messages
@@ -21,6 +24,7 @@ from webrt.engine.json_schema import SchemaGrammar
 from webrt.engine.model_runner import ModelRunner
 from webrt.engine.stats import RoundStats
 from webrt.engine.vocabulary import token_byte_table
+from webrt.errors import InvalidRequestError
 from webrt.tokenizer import Tokenizer
 
 
@@ -65,10 +69,36 @@ class LoadedModel:
             tokens.extend(self.tokenizer.encode(piece, add_special_tokens=False))
         return tokens
 
-    def chat_prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Token ids of the whole conversation rendered by the conv template, reply header last."""
-        conv = conversation_from_messages(self.chat_config.conv_template, messages)
-        return self._encode_pieces(conv.get_prompt_array())
+    def chat_prompt_text(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The model's chat template rendered for ``messages`` (reply header last), as
+        ``apply_chat_template(..., tokenize=False, add_generation_prompt=True)`` gives it."""
+        template = self.chat_config.chat_template
+        if template is None:
+            if tools or template_kwargs:
+                raise InvalidRequestError(
+                    f"model {self.model_id!r} has no chat_template of its own, so 'tools' and "
+                    "'chat_template_kwargs' cannot be rendered; re-run `webrt gen_config` on a source with one.")
+            conv = conversation_from_messages(self.chat_config.conv_template, messages)
+            return conv.as_prompt()
+        system = self.chat_config.system_message
+        if system is not None and (not messages or messages[0].get("role") != "system"):
+            messages = [{"role": "system", "content": system}, *messages]
+        return template.render(messages, add_generation_prompt=True, tools=tools, **dict(template_kwargs or {}))
+
+    def chat_prompt_tokens(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """Token ids of the whole conversation, reply header last: the model's chat template
+        rendered and tokenized without adding special tokens, else the conv template's pieces."""
+        if self.chat_config.chat_template is None and not tools and not template_kwargs:
+            conv = conversation_from_messages(self.chat_config.conv_template, messages)
+            return self._encode_pieces(conv.get_prompt_array())
+        text = self.chat_prompt_text(messages, tools, template_kwargs)
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def completion_prompt_tokens(self, prompt: str) -> list[int]:
         """Token ids of a raw completion prompt (after the template's system prefix ids)."""
