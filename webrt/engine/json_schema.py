@@ -18,7 +18,9 @@ The subset is the one structured-output APIs ask for (OpenAI's strict mode):
 
 Anything else (string patterns or lengths, number bounds, free-form objects, recursion) is
 refused with an error naming the keyword, rather than silently not enforced. The root must be an
-object. Whitespace between tokens is allowed and capped as in plain JSON mode.
+object. Whitespace between tokens is allowed and capped as in plain JSON mode. A schema may nest
+at most :data:`MAX_SCHEMA_DEPTH` subschemas (``$ref`` hops included) and :data:`MAX_SCHEMA_NESTING`
+JSON objects/arrays deep; deeper ones are refused with InvalidRequestError.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ from webrt.engine.json_grammar import (
     _string_byte,
 )
 from webrt.errors import InvalidRequestError
+
+#: Subschemas nested in one another (properties, items, anyOf, $ref hops) at most.
+MAX_SCHEMA_DEPTH = 64
+#: JSON objects/arrays nested in the schema document at most (annotations and enum values too).
+MAX_SCHEMA_NESTING = 256
 
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "strict"})
 _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
@@ -66,11 +73,16 @@ class SchemaGrammar:
     def __init__(self, schema: Mapping[str, Any]):
         if not isinstance(schema, Mapping):
             raise InvalidRequestError(f"a JSON schema must be an object, got {type(schema).__name__}")
+        _check_nesting(schema)
         self._schema = schema
-        #: the schema's JSON text, keys in their given order (which is the order keys are produced)
-        self.key = json.dumps(schema, ensure_ascii=False)
+        try:
+            #: the schema's JSON text, keys in their given order (which is the order keys are produced)
+            self.key = json.dumps(schema, ensure_ascii=False)
+        except (TypeError, ValueError) as err:
+            raise InvalidRequestError(f"the JSON schema is not JSON data ({err}); pass dicts, lists, strings and numbers") from None
         self._nodes: list[_Node] = []
         self._resolving: list[str] = []
+        self._depth = 0
         root = self._compile(schema, "#")
         if self._nodes[root].kind != "object":
             raise InvalidRequestError("the root of a response JSON schema must have type 'object'")
@@ -82,8 +94,18 @@ class SchemaGrammar:
         return len(self._nodes) - 1
 
     def _compile(self, schema: Any, where: str) -> int:
+        if self._depth >= MAX_SCHEMA_DEPTH:
+            raise InvalidRequestError(
+                f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} subschemas (at {_short(where)}); flatten it")
+        self._depth += 1
+        try:
+            return self._compile_node(schema, where)
+        finally:
+            self._depth -= 1
+
+    def _compile_node(self, schema: Any, where: str) -> int:
         if not isinstance(schema, Mapping):
-            raise InvalidRequestError(f"schema at {where} must be an object, got {schema!r}")
+            raise InvalidRequestError(f"schema at {_short(where)} must be an object, got {_short(repr(schema))}")
         if "$ref" in schema:
             return self._compile_ref(schema, where)
         if "const" in schema:
@@ -121,7 +143,7 @@ class SchemaGrammar:
         return self._add(_Node(kind))
 
     def _check_keys(self, schema: Mapping[str, Any], allowed: set[str], where: str) -> None:
-        unknown = sorted(k for k in schema if k not in allowed and k not in _ANNOTATIONS)
+        unknown = sorted((k for k in schema if k not in allowed and k not in _ANNOTATIONS), key=repr)
         if unknown:
             raise InvalidRequestError(
                 f"JSON schema keyword(s) {', '.join(repr(k) for k in unknown)} at {where} are not supported "
@@ -136,7 +158,8 @@ class SchemaGrammar:
             raise InvalidRequestError(f"'$ref' at {where} must point into '#/$defs/...', got {ref!r}")
         if ref in self._resolving:
             raise InvalidRequestError(f"'$ref' {ref!r} at {where} is recursive; recursive schemas are not supported")
-        target = (self._schema.get(parts[1]) or {}).get(parts[2])
+        definitions = self._schema.get(parts[1])
+        target = definitions.get(parts[2]) if isinstance(definitions, Mapping) else None
         if target is None:
             raise InvalidRequestError(f"'$ref' at {where} names {ref!r}, which the schema does not define")
         self._resolving.append(ref)
@@ -153,11 +176,13 @@ class SchemaGrammar:
         if not isinstance(props, Mapping) or not props:
             raise InvalidRequestError(f"object schema at {where} needs 'properties' (free-form objects are not supported)")
         required = schema.get("required", [])
-        if not isinstance(required, list) or any(r not in props for r in required):
-            raise InvalidRequestError(f"'required' at {where} must list names from 'properties', got {required!r}")
+        if not isinstance(required, list) or any(not isinstance(r, str) or r not in props for r in required):
+            raise InvalidRequestError(f"'required' at {where} must list names from 'properties', got {_short(repr(required))}")
         node = _Node("object")
         for name, sub in props.items():
-            key = json.dumps(name, ensure_ascii=False).encode("utf-8")[1:]  # after the opening quote
+            if not isinstance(name, str):
+                raise InvalidRequestError(f"property names at {where} must be strings, got {name!r}")
+            key = _utf8(json.dumps(name, ensure_ascii=False), f"property name at {where}")[1:]  # after the opening quote
             node.properties.append((key, self._compile(sub, f"{where}/properties/{name}"), name in required))
         return self._add(node)
 
@@ -166,7 +191,7 @@ class SchemaGrammar:
         if "items" not in schema:
             raise InvalidRequestError(f"array schema at {where} needs 'items'")
         lo, hi = schema.get("minItems", 0), schema.get("maxItems", -1)
-        if not isinstance(lo, int) or not isinstance(hi, int) or lo < 0 or (hi >= 0 and hi < lo):
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (lo, hi)) or lo < 0 or (hi >= 0 and hi < lo):
             raise InvalidRequestError(f"'minItems'/'maxItems' at {where} must be integers with 0 <= min <= max")
         items = self._compile(schema["items"], f"{where}/items")
         return self._add(_Node("array", items=items, min_items=lo, max_items=hi))
@@ -179,7 +204,7 @@ class SchemaGrammar:
             except (TypeError, ValueError):
                 raise InvalidRequestError(f"'enum'/'const' value {value!r} at {where} is not JSON") from None
             at = 0
-            for byte in text.encode("utf-8"):
+            for byte in _utf8(text, f"'enum'/'const' value at {where}"):
                 nxt = node.children[at].get(byte)
                 if nxt is None:
                     nxt = len(node.children)
@@ -355,6 +380,37 @@ def schema_from_response_format(fmt: Mapping[str, Any]) -> Mapping[str, Any] | N
             schema = json.loads(schema)
         except json.JSONDecodeError as e:
             raise InvalidRequestError(f"'response_format.schema' is not valid JSON: {e}") from None
+        except RecursionError:
+            raise InvalidRequestError(
+                f"'response_format.schema' nests deeper than {MAX_SCHEMA_NESTING} levels; flatten it") from None
     if not isinstance(schema, Mapping):
         raise InvalidRequestError("'response_format.schema' must be a JSON object (or its JSON text)")
     return schema
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{what} holds a lone surrogate, which is not text; pass valid Unicode") from None
+
+
+def _check_nesting(schema: Any) -> None:
+    """Refuse documents nested deeper than MAX_SCHEMA_NESTING (iteratively: no RecursionError)."""
+    pending = [(schema, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, (list, tuple)):
+            children = value
+        else:
+            continue
+        if depth > MAX_SCHEMA_NESTING:
+            raise InvalidRequestError(
+                f"the JSON schema nests objects/arrays deeper than {MAX_SCHEMA_NESTING} levels; flatten it")
+        pending.extend((child, depth + 1) for child in children)

@@ -12,6 +12,8 @@ Pure Python.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,6 +26,16 @@ from webrt.errors import InvalidRequestError
 MAX_TOP_LOGPROBS = 20
 LOGIT_BIAS_LIMIT = 100.0
 PENALTY_LIMIT = 2.0
+#: Bounds of the numeric request fields (a value outside gets InvalidRequestError naming them).
+MAX_N = 128  # choices per request, as OpenAI
+MAX_TEMPERATURE = 100.0  # beyond it sampling is uniform anyway
+MIN_REPETITION_PENALTY = 0.01  # below it positive logits would be scaled past float32
+MAX_REPETITION_PENALTY = 100.0
+MAX_TOKENS_LIMIT = 1 << 20  # longer than any context window webrt runs
+SEED_LIMIT = 1 << 64  # seeds are 64-bit integers (|seed| < 2**64), as OpenAI's
+#: How deeply a request's lists and objects may nest (deeper ones are refused, not recursed into).
+MAX_REQUEST_NESTING = 256
+_TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,12}")
 
 # Fields shared by chat.completions and completions requests.
 _COMMON_FIELDS = (
@@ -144,13 +156,41 @@ def _check_fields(data: Mapping[str, Any], allowed: Sequence[str], endpoint: str
         )
 
 
+def _show(value: Any) -> str:
+    """A short repr for error messages (huge integers have no cheap repr)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an integer too long to print, somewhere inside
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _number(data: Mapping[str, Any], name: str) -> float | None:
+    """A finite number (ints too), or None when absent."""
     value = data.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"'{name}' must be a number, got {value!r}")
-    return float(value)
+        raise InvalidRequestError(f"'{name}' must be a number, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidRequestError(f"'{name}' must be a finite number, got {_show(value)}")
+    return number
+
+
+def _in_range(name: str, value: float | None, low: float, high: float, low_open: bool = False) -> float | None:
+    """``value`` when it lies in [low, high] (in (low, high] with ``low_open``); None stays None."""
+    if value is None:
+        return None
+    above_low = low < value if low_open else low <= value
+    if not (above_low and value <= high):
+        raise InvalidRequestError(f"'{name}' must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value:g}")
+    return value
 
 
 def _integer(data: Mapping[str, Any], name: str) -> int | None:
@@ -158,7 +198,7 @@ def _integer(data: Mapping[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequestError(f"'{name}' must be an integer, got {value!r}")
+        raise InvalidRequestError(f"'{name}' must be an integer, got {_show(value)}")
     return value
 
 
@@ -167,14 +207,14 @@ def _boolean(data: Mapping[str, Any], name: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise InvalidRequestError(f"'{name}' must be true or false, got {value!r}")
+        raise InvalidRequestError(f"'{name}' must be true or false, got {_show(value)}")
     return value
 
 
 def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
-        raise InvalidRequestError(f"'model' must be a model id string, got {model!r}")
+        raise InvalidRequestError(f"'model' must be a model id string, got {_show(model)}")
     out.model = model
     out.stream = _boolean(data, "stream")
     options = data.get("stream_options")
@@ -182,23 +222,23 @@ def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
         if not out.stream:
             raise InvalidRequestError("'stream_options' is only allowed with stream=True")
         if not isinstance(options, Mapping) or set(options) - {"include_usage"}:
-            raise InvalidRequestError(f"'stream_options' must be {{'include_usage': bool}}, got {options!r}")
+            raise InvalidRequestError(f"'stream_options' must be {{'include_usage': bool}}, got {_show(options)}")
         out.include_usage = _boolean(options, "include_usage")
 
-    out.temperature = _number(data, "temperature")
-    if out.temperature is not None and out.temperature < 0:
-        raise InvalidRequestError(f"'temperature' must be >= 0, got {out.temperature}")
-    out.top_p = _number(data, "top_p")
-    if out.top_p is not None and not 0 < out.top_p <= 1:
-        raise InvalidRequestError(f"'top_p' must be in (0, 1], got {out.top_p}")
+    out.temperature = _in_range("temperature", _number(data, "temperature"), 0.0, MAX_TEMPERATURE)
+    out.top_p = _in_range("top_p", _number(data, "top_p"), 0.0, 1.0, low_open=True)
     out.max_tokens = _integer(data, "max_tokens")
-    if out.max_tokens is not None and out.max_tokens <= 0:
-        raise InvalidRequestError(f"'max_tokens' must be positive, got {out.max_tokens}")
+    if out.max_tokens is not None and not 0 < out.max_tokens <= MAX_TOKENS_LIMIT:
+        raise InvalidRequestError(
+            f"'max_tokens' must be in [1, {MAX_TOKENS_LIMIT}], got {_show(out.max_tokens)}; leave it out to stop "
+            "at the context window")
     out.seed = _integer(data, "seed")
+    if out.seed is not None and not -SEED_LIMIT < out.seed < SEED_LIMIT:
+        raise InvalidRequestError(f"'seed' must be a 64-bit integer (|seed| < 2**64), got {_show(out.seed)}")
     n = _integer(data, "n")
     out.n = 1 if n is None else n
-    if out.n < 1:
-        raise InvalidRequestError(f"'n' must be at least 1, got {out.n}")
+    if not 1 <= out.n <= MAX_N:
+        raise InvalidRequestError(f"'n' must be in [1, {MAX_N}], got {_show(out.n)}; make several requests for more choices")
     if out.n > 1 and out.stream:
         raise InvalidRequestError("'n' > 1 is not supported with stream=True (as in WebLLM); stream one choice.")
 
@@ -210,32 +250,22 @@ def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
     elif isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop):
         out.stop = list(stop)
     else:
-        raise InvalidRequestError(f"'stop' must be a string or a list of strings, got {stop!r}")
+        raise InvalidRequestError(f"'stop' must be a string or a list of strings, got {_show(stop)}")
     if any(s == "" for s in out.stop):
         raise InvalidRequestError("'stop' strings must not be empty")
 
     for name in ("frequency_penalty", "presence_penalty"):
-        value = _number(data, name)
-        if value is not None and not -PENALTY_LIMIT <= value <= PENALTY_LIMIT:
-            raise InvalidRequestError(f"'{name}' must be in [-2, 2], got {value}")
-        setattr(out, name, value)
-    out.repetition_penalty = _number(data, "repetition_penalty")
-    if out.repetition_penalty is not None and out.repetition_penalty <= 0:
-        raise InvalidRequestError(f"'repetition_penalty' must be > 0, got {out.repetition_penalty}")
+        setattr(out, name, _in_range(name, _number(data, name), -PENALTY_LIMIT, PENALTY_LIMIT))
+    out.repetition_penalty = _in_range(
+        "repetition_penalty", _number(data, "repetition_penalty"), MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY)
 
     bias = data.get("logit_bias")
     out.logit_bias = {}
     if bias is not None:
         if not isinstance(bias, Mapping):
-            raise InvalidRequestError(f"'logit_bias' must map token ids to biases, got {bias!r}")
+            raise InvalidRequestError(f"'logit_bias' must map token ids to biases, got {_show(bias)}")
         for key, value in bias.items():
-            try:
-                token_id = int(key)
-            except (TypeError, ValueError):
-                raise InvalidRequestError(f"'logit_bias' keys must be token ids (integer strings), got {key!r}") from None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
-                raise InvalidRequestError(f"'logit_bias' values must be numbers in [-100, 100], got {value!r} for {key!r}")
-            out.logit_bias[token_id] = float(value)
+            out.logit_bias[_token_id_key(key)] = _logit_bias_value(key, value)
 
     logprobs = data.get("logprobs")
     top = _integer(data, "top_logprobs")
@@ -257,7 +287,7 @@ def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
         if kind not in ("text", "json_object", "json_schema"):
             raise InvalidRequestError(
                 f"'response_format' must be {{'type': 'text'}}, {{'type': 'json_object'}} (optionally with "
-                f"'schema') or {{'type': 'json_schema', 'json_schema': {{'schema': ...}}}}, got {fmt!r}"
+                f"'schema') or {{'type': 'json_schema', 'json_schema': {{'schema': ...}}}}, got {_show(fmt)}"
             )
         out.json_mode = kind != "text"
         schema = schema_from_response_format(fmt) if out.json_mode else None
@@ -266,7 +296,52 @@ def _parse_common(data: Mapping[str, Any], out: GenerationRequest) -> None:
     out.ignore_eos = _boolean(data, "ignore_eos")
     extra = data.get("extra_body")
     if extra is not None and not isinstance(extra, Mapping):
-        raise InvalidRequestError(f"'extra_body' must be an object, got {extra!r}")
+        raise InvalidRequestError(f"'extra_body' must be an object, got {_show(extra)}")
+
+
+def _token_id_key(key: Any) -> int:
+    """A logit_bias key: an integer token id, or its decimal string (as JSON object keys are)."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and _TOKEN_ID_KEY.fullmatch(key):
+        return int(key)
+    raise InvalidRequestError(f"'logit_bias' keys must be token ids (integers or strings of digits like \"42\"), got {_show(key)}")
+
+
+def _logit_bias_value(key: Any, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+        raise InvalidRequestError(f"'logit_bias' values must be numbers in [-100, 100], got {_show(value)} for {_show(key)}")
+    return float(value)
+
+
+def _check_values(data: Mapping[str, Any]) -> None:
+    """Every string in the request is encodable text, and no list or object nests too deeply.
+
+    Walks iteratively, so a request nested thousands of levels deep gets a typed error here
+    rather than a RecursionError later (in JSON schema compilation, ``json.dumps`` ...)."""
+    pending: list[tuple[Any, str, int]] = [(value, repr(name), 1) for name, value in data.items()]
+    while pending:
+        value, where, depth = pending.pop()
+        if len(where) > 100:
+            where = where[:97] + "..."
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise InvalidRequestError(
+                    f"{where} holds a lone surrogate {value[err.start]!r} at index {err.start}, which is not text; "
+                    "pass valid Unicode (e.g. decode input with errors='replace')") from None
+            continue
+        if not isinstance(value, (Mapping, list, tuple)):
+            continue
+        if depth > MAX_REQUEST_NESTING:
+            raise InvalidRequestError(
+                f"{where} nests lists/objects deeper than {MAX_REQUEST_NESTING} levels; flatten it")
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and isinstance(value, Mapping):
+                pending.append((key, f"a key in {where}", depth))
+            pending.append((item, f"{where}[{_show(key)}]", depth + 1))
 
 
 _Request = TypeVar("_Request", bound=GenerationRequest)
@@ -279,6 +354,7 @@ def _start_parse(
     """Merge the arguments, reject unknown fields, and fill ``out``'s common fields."""
     data = _merge_args(request, kwargs)
     _check_fields(data, allowed, where)
+    _check_values(data)
     _parse_common(data, out)
     return data, out
 
@@ -291,7 +367,7 @@ def parse_chat_request(request: Mapping[str, Any] | None = None, **kwargs: Any) 
         raise InvalidRequestError("'messages' must be a non-empty list of {'role': ..., 'content': ...}")
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-            raise InvalidRequestError(f"messages[{i}] must be an object with a string 'role', got {message!r}")
+            raise InvalidRequestError(f"messages[{i}] must be an object with a string 'role', got {_show(message)}")
     last = messages[-1]["role"]
     if last not in ("user", "tool"):
         raise InvalidRequestError(
