@@ -6,7 +6,7 @@ module worker) and by the native Engine (NativeModelLoader: the CPU .so on TVM's
 answer "What is the capital of France?" greedily; every step's logits (the prefill's, then each
 decode step's through the paged KV cache) are recorded on both sides.
 
-Tolerance: SwiftShader's WGSL sin/cos are accurate to ~2e-4 absolute (PLATFORM.md), everything
+Tolerance: SwiftShader's WGSL sin/cos are accurate to ~2e-4 absolute (measured against numpy), everything
 else to fp32 rounding. The rotary embedding feeds those errors into every query and key of 30
 layers, which moves SmolLM2's logits (magnitudes ~10-30) by up to ~1e-2; a wrong kernel, binding
 or KV-cache page moves them by O(1). We allow LOGIT_ATOL = 5e-2 (5x the expected sin/cos effect,

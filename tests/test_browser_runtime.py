@@ -5,7 +5,7 @@ In a module worker, the browser loader's `WasmBackend` + the unchanged `ModelRun
 decode 8 tokens through the paged KV cache, inside an asyncio task (the engine's context, where
 `download` blocks with JSPI). The same steps run natively with `NativeBackend`.
 
-Tolerance: SwiftShader's WGSL sin/cos are accurate to only ~2e-4 absolute (PLATFORM.md; worse for
+Tolerance: SwiftShader's WGSL sin/cos are accurate to only ~2e-4 absolute (measured against numpy; worse for
 large angles), so RoPE'd queries/keys differ from the CPU's by up to that much; everything else
 (exp, rsqrt, matmuls) is fp32 rounding. At the <= 20 positions used here the angles are small and
 the measured logit difference is ~5e-5; we allow 2e-3 (10x the sin/cos error, far below the
