@@ -149,7 +149,8 @@ class FolderLoader:
 async def scenario(folder, vocab_size):
     engine = Engine(AppConfig([ModelRecord(model=folder, model_id="toy", model_lib="none")]),
                     loader=FolderLoader(folder, vocab_size))
-    await engine.reload("toy", {"context_window_size": 4096})
+    # the whole distribution when a request sets no temperature / top_p (not gen_config's 0.7 / 0.95)
+    await engine.reload("toy", {"context_window_size": 4096, "temperature": 1.0, "top_p": 1.0})
     user = [{"role": "user", "content": "hello world"}]
     out = []
     r = await engine.chat.completions.create(messages=user, temperature=0, max_tokens=12, logprobs=True, top_logprobs=2)

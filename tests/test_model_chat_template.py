@@ -64,14 +64,24 @@ def _write_tiny_template(folder: Path) -> None:
     config_file.write_text(json.dumps(config))
 
 
+def tiny_template_hf() -> Path:
+    """The tiny HF model whose tokenizer_config.json carries TINY_TEMPLATE (cached)."""
+    return _hf_with_template("smollm2-chat-template", _write_tiny_template)
+
+
+def tiny_template_artifacts():
+    """That model converted, gen_config'd and compiled for the CPU (cached)."""
+    return build_artifacts("tiny-chat-template", tiny_template_hf(), "q0f32")
+
+
 @pytest.fixture(scope="module")
 def tiny_hf() -> Path:
-    return _hf_with_template("smollm2-chat-template", _write_tiny_template)
+    return tiny_template_hf()
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_hf: Path):
-    return build_artifacts("tiny-chat-template", tiny_hf, "q0f32")
+    return tiny_template_artifacts()
 
 
 def _hf_ids(tokenizer_dir: Path, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
