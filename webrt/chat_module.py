@@ -56,12 +56,32 @@ class ChatModule:
         self._run(self.engine.reload(self.model_id, chat_opts))
 
     def _run(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the private loop. If it is interrupted (Ctrl-C may land between
+        two of its steps, leaving it suspended), it is cancelled and its cleanup runs before the
+        interrupt propagates, so the engine's cache is free and consistent for the next call."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return self._loop.run_until_complete(coroutine)
-        coroutine.close()
-        raise WebrtError("ChatModule is synchronous; inside an event loop use webrt.Engine with await instead.")
+            pass
+        else:
+            coroutine.close()
+            raise WebrtError("ChatModule is synchronous; inside an event loop use webrt.Engine with await instead.")
+        self._finish_leftovers()
+        task = self._loop.create_task(coroutine)
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            task.cancel()
+            self._finish_leftovers()
+            raise
+
+    def _finish_leftovers(self) -> None:
+        """Cancel and wait out tasks an interrupt left on the private loop."""
+        leftovers = [task for task in asyncio.all_tasks(self._loop) if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            self._loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
 
     def generate(
         self,
@@ -73,7 +93,9 @@ class ChatModule:
 
         ``generation_config`` takes request fields (temperature, top_p, max_tokens, stop, seed,
         penalties, ...). ``progress_callback`` is a function of each new piece of text, or an
-        object with a ``callback`` method such as :class:`StreamToStdout`.
+        object with a ``callback`` method such as :class:`StreamToStdout`. If the call does not
+        return (Ctrl-C, an error, ``progress_callback`` raising), the conversation stays as it
+        was before it, and the next call works as usual.
         """
         if not isinstance(prompt, str):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}")
@@ -95,11 +117,14 @@ class ChatModule:
         emit = progress_callback.callback if isinstance(progress_callback, StreamToStdout) else progress_callback
         pieces: list[str] = []
         stream = await self.engine.chat.completions.create(messages=messages, stream=True, **options)
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.get("content"):
-                piece = chunk.choices[0].delta["content"]
-                pieces.append(piece)
-                emit(piece)
+        try:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.get("content"):
+                    piece = chunk.choices[0].delta["content"]
+                    pieces.append(piece)
+                    emit(piece)
+        finally:
+            await stream.aclose()  # if emit raised: end the stream now, not when it is collected
         return "".join(pieces)
 
     def reset_chat(self) -> None:

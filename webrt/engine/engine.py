@@ -5,16 +5,25 @@
     reply = await engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
     async for chunk in await engine.chat.completions.create(messages=..., stream=True): ...
 
-All model work is plain function calls; between tokens the engine awaits
-``asyncio.sleep(0)`` so the event loop (the browser's, under Pyodide) stays responsive and
-``interrupt_generate()`` takes effect at the next token. Requests to one model run one at a
-time (a lock per model). Pure Python.
+All model work is plain function calls; between tokens (and between choices) the engine awaits
+``asyncio.sleep(0)`` so the event loop (the browser's, under Pyodide) stays responsive, and
+``interrupt_generate()`` or cancelling the request's task takes effect within one step.
+
+Requests to one model take turns on its KV cache (:class:`_CacheGuard`): a request holds the
+cache while it computes. A stream holds it while its consumer pulls chunks; once the consumer
+leaves the loop between chunks (breaks out, awaits something else, drops the stream), a
+waiting request may take the cache over, and the stream, if it is iterated again, waits its turn
+and re-prefills its own tokens. So an abandoned stream never blocks later requests.
+
+An interrupt anywhere (an error, Ctrl-C, cancellation) leaves the cache consistent with the
+tokens recorded for it: a model step that did not finish empties the cache before its next use,
+and an interrupt between steps leaves it intact. Pure Python.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -53,14 +62,96 @@ from webrt.errors import (
 from webrt.tokenizer import Tokenizer
 
 
-@contextlib.asynccontextmanager
-async def _reset_on_error(model: LoadedModel) -> AsyncIterator[None]:
-    """After a failure mid-step the cache may not match ``cached_tokens``: empty it."""
-    try:
-        yield
-    except Exception:
-        model.reset()
-        raise
+class _CacheGuard:
+    """Who may use one model's KV cache now, and whether the cache still matches its record.
+
+    ``acquire``/``release`` pass the cache from request to request in arrival order. A stream
+    calls ``park`` at each chunk it hands out and ``resume`` when asked for the next: if its
+    consumer went elsewhere meanwhile (the event loop turned), a waiting request takes the cache
+    over, so a stream nobody iterates any more blocks no one. ``step`` runs one model step
+    and marks the cache suspect until the step finishes; a suspect cache is emptied before use.
+    """
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.holder: object | None = None
+        self.parked = False
+        self.suspect = False
+        self._waiters: collections.deque[tuple[object, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, who: object) -> None:
+        """Wait until ``who`` holds the cache (taking it from a parked holder)."""
+        if not self._waiters and (self.holder is None or self.parked):
+            self._give(who)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((who, future))
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release(who)  # handed over just as we were cancelled: pass it on
+            else:
+                self._waiters.remove((who, future))
+            raise
+
+    def release(self, who: object) -> None:
+        """``who`` is done with the cache (nothing happens if it was taken over meanwhile)."""
+        if self.holder is who:
+            self.holder = None
+            self.parked = False
+            self._wake()
+
+    def park(self, who: object) -> None:
+        """``who`` hands a chunk to its consumer: anyone waiting may take over once the loop turns."""
+        if self.holder is who:
+            self.parked = True
+            if self._waiters:
+                asyncio.get_running_loop().call_soon(self._take_from_parked, who)
+
+    async def resume(self, who: object) -> bool:
+        """Hold the cache again after ``park``; False when another request used it meanwhile."""
+        if self.holder is who:
+            self.parked = False
+            return True
+        await self.acquire(who)
+        return False
+
+    def step(self, run: Callable[[], Step]) -> Step:
+        """Run one model step; if it does not finish, the cache is emptied (now or before its next use)."""
+        self.suspect = True
+        try:
+            result = run()
+        except BaseException:
+            self._settle()
+            raise
+        self.suspect = False
+        return result
+
+    def _take_from_parked(self, who: object) -> None:
+        if self.holder is who and self.parked:
+            self.holder = None
+            self.parked = False
+            self._wake()
+
+    def _give(self, who: object) -> None:
+        self.holder = who
+        self.parked = False
+        self._settle()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            who, future = self._waiters.popleft()
+            if not future.done():
+                self._give(who)
+                future.set_result(None)
+                return
+
+    def _settle(self) -> None:
+        """Empty a suspect cache (the flag stays set until that has finished)."""
+        if self.suspect:
+            self.model.reset()
+            self.suspect = False
 
 
 CreateFunction = Callable[[GenerationRequest], Awaitable[Any]]
@@ -109,6 +200,7 @@ class Engine:
         self.chat = _Chat(self._create)
         self.completions = _Completions(self._create)
         self._models: dict[str, LoadedModel] = {}
+        self._guards: dict[str, _CacheGuard] = {}
         self._interrupt_requested = False
 
     # --- loading ------------------------------------------------------------------------------
@@ -137,7 +229,9 @@ class Engine:
         records = [self.app_config.find(i) for i in ids]  # fail before unloading anything
         await self.unload()
         for record, opts in zip(records, opts_list):
-            self._models[record.model_id] = await self._load(record, opts)
+            model = await self._load(record, opts)
+            self._models[record.model_id] = model
+            self._guards[record.model_id] = _CacheGuard(model)
 
     async def _load(self, record: ModelRecord, chat_opts: Any) -> LoadedModel:
         report = ProgressReporter(self.init_progress_callback)
@@ -177,12 +271,16 @@ class Engine:
         return Tokenizer.from_json_str(text, config_text)
 
     async def unload(self) -> None:
-        """Drop every loaded model (waiting for requests in flight to finish) and close its backend."""
+        """Drop every loaded model (waiting for requests in flight to finish; a suspended stream
+        ends with finish_reason ``abort`` when iterated again) and close its backend."""
         models = list(self._models.values())
-        for model in models:
-            async with model.lock:
-                pass
+        guards = list(self._guards.values())
+        me = object()
+        for guard in guards:
+            await guard.acquire(me)
+            guard.release(me)
         self._models.clear()
+        self._guards.clear()
         for model in models:
             model.runner.backend.close()
 
@@ -194,10 +292,14 @@ class Engine:
     async def reset_chat(self, keep_stats: bool = False, model_id: str | None = None) -> None:
         """Forget the conversation in the KV cache (of ``model_id``, or the only loaded model)."""
         model = self._select(model_id)
-        async with model.lock:
+        guard, me = self._guards[model.model_id], object()
+        await guard.acquire(me)
+        try:
             model.reset()
             if not keep_stats:
                 model.last_stats = None
+        finally:
+            guard.release(me)
 
     async def runtime_stats_text(self, model_id: str | None = None) -> str:
         """``prefill: X tok/s, decode: Y tok/s`` of the last request."""
@@ -244,18 +346,24 @@ class Engine:
             return self._stream(model, request, prompt, config, rng, is_chat)
         return await self._complete(model, request, prompt, config, rng, is_chat)
 
-    async def _run_choice(self, generation: Generation, on_step: Callable[[Step], None]) -> None:
-        """Drive one generation to its end, yielding to the event loop between tokens."""
-        on_step(generation.start())
+    def _is_loaded(self, model: LoadedModel) -> bool:
+        return self._models.get(model.model_id) is model
+
+    async def _run_choice(self, guard: _CacheGuard, generation: Generation, on_step: Callable[[Step], None]) -> None:
+        """Drive one generation to its end, yielding to the event loop before every step."""
+        await asyncio.sleep(0)  # also before the first: n choices of one token each stay cancellable
+        on_step(generation.abort() if self._interrupt_requested else guard.step(generation.start))
         while not generation.finished:
             await asyncio.sleep(0)
-            on_step(generation.abort() if self._interrupt_requested else generation.advance())
+            on_step(generation.abort() if self._interrupt_requested else guard.step(generation.advance))
 
     async def _complete(
         self, model: LoadedModel, request: GenerationRequest, prompt: list[int],
         config: GenerationConfig, rng: random.Random, is_chat: bool,
     ) -> OpenAIObject:
-        async with model.lock, _reset_on_error(model):
+        guard, me = self._guards[model.model_id], object()
+        await guard.acquire(me)
+        try:
             self._interrupt_requested = False
             stats = RoundStats(prompt_tokens=len(prompt))
             choices = []
@@ -265,7 +373,7 @@ class Engine:
                 if self._interrupt_requested:  # one interrupt stops every remaining choice
                     generation.abort()
                 else:
-                    await self._run_choice(generation, lambda step: pieces.append(step.text))
+                    await self._run_choice(guard, generation, lambda step: pieces.append(step.text))
                 logprobs = generation.logprobs if config.logprobs else None
                 text = "".join(pieces)
                 if is_chat:
@@ -274,6 +382,8 @@ class Engine:
                     choices.append(text_choice(index, text, generation.finish_reason, logprobs))
             model.last_stats = stats
             usage = stats.usage()
+        finally:
+            guard.release(me)
         response_id = new_response_id("chatcmpl" if is_chat else "cmpl")
         if is_chat:
             return chat_completion(response_id, model.model_id, choices, usage)
@@ -300,26 +410,37 @@ class Engine:
             choice = text_choice(0, text, finish_reason, logprobs if finish_reason is None else None)
             return text_completion(response_id, model.model_id, [choice], None)
 
-        async with model.lock, _reset_on_error(model):
+        # The cache is held while a step computes and parked while a chunk is out (module docstring).
+        guard, me = self._guards[model.model_id], object()
+        await guard.acquire(me)
+        try:
             self._interrupt_requested = False
             stats = RoundStats(prompt_tokens=len(prompt))
             generation = Generation(model, prompt, config, rng, stats)
-            step = generation.start()
+            await asyncio.sleep(0)
+            step = generation.abort() if self._interrupt_requested else guard.step(generation.start)
             while True:
                 if step.text or step.logprob is not None:
+                    guard.park(me)
                     yield chunk(step.text, step.logprob)
+                    await guard.resume(me)  # advance() re-prefills if another request used the cache
                 if generation.finished:
                     break
                 await asyncio.sleep(0)
-                step = generation.abort() if self._interrupt_requested else generation.advance()
-            yield chunk("", None, generation.finish_reason)
-            model.last_stats = stats
-            if request.include_usage:
-                usage = stats.usage()
-                if is_chat:
-                    yield chat_chunk(response_id, model.model_id, None, usage=usage)
+                if self._interrupt_requested or not self._is_loaded(model):
+                    step = generation.abort()
                 else:
-                    yield text_completion(response_id, model.model_id, [], usage)
+                    step = guard.step(generation.advance)
+            model.last_stats = stats
+        finally:
+            guard.release(me)
+        yield chunk("", None, generation.finish_reason)
+        if request.include_usage:
+            usage = stats.usage()
+            if is_chat:
+                yield chat_chunk(response_id, model.model_id, None, usage=usage)
+            else:
+                yield text_completion(response_id, model.model_id, [], usage)
 
 
 async def create_engine(

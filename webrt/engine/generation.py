@@ -142,16 +142,29 @@ class Generation:
         return step
 
     def advance(self) -> Step:
-        """Feed the last token and sample the next one."""
+        """Feed the last token and sample the next one.
+
+        If the cache no longer holds this generation's tokens (another request used it between
+        two steps of a stream), they are prefilled again first, reusing the common prefix."""
         if self.finished or self._pending_token is None:
             raise WebrtError("advance() after the generation finished")
         begin = time.perf_counter()
-        logits = self.model.decode(self._pending_token)
+        if self._cache_holds_own_tokens():
+            logits = self.model.decode(self._pending_token)
+        else:
+            logits, prefilled = self.model.prefill_prompt(self.prompt_tokens + self.output_ids)
+            self.stats.prefill_tokens += prefilled
         self._pending_token = None
         step = self._sample_and_accept(logits)
         self.stats.decode_time += time.perf_counter() - begin
         self.stats.decode_steps += 1
         return step
+
+    def _cache_holds_own_tokens(self) -> bool:
+        """Whether the cache holds the prompt and every output token but the pending one."""
+        cached, prompt, outputs = self.model.cached_tokens, self.prompt_tokens, self.output_ids
+        return (len(cached) == len(prompt) + len(outputs) - 1
+                and cached[len(prompt):] == outputs[:-1] and cached[: len(prompt)] == prompt)
 
     def abort(self) -> Step:
         """Stop here (interrupted): finish_reason ``abort``, release held-back text."""
