@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -25,9 +26,9 @@ def art():
     return tiny_artifacts("llama2")
 
 
-async def engine_reply(art, messages) -> str:
+async def engine_reply(art, messages, **fields) -> str:
     engine = await engine_for(art)
-    reply = await engine.chat.completions.create(messages=messages, **GREEDY)
+    reply = await engine.chat.completions.create(messages=messages, **GREEDY, **fields)
     return reply.choices[0].message.content
 
 
@@ -98,3 +99,69 @@ def test_cli_chat_system_message_and_errors(art, tmp_path) -> None:
     assert plain.stdout != other.stdout  # the system message reached the prompt
     missing = run_cli(["chat", "--model", str(tmp_path), "--model-lib", str(art.libs["cpu"])], "hi\n")
     assert missing.returncode == 1 and "webrt chat: error:" in missing.stderr and "gen_config" in missing.stderr
+
+
+# --- reply cap and Ctrl-C in the terminal chat -----------------------------------------------------
+class Lines(io.StringIO):
+    """stdin whose readline raises KeyboardInterrupt once the given lines are read (Ctrl-C at the prompt)."""
+
+    def readline(self, *args) -> str:  # type: ignore[override]
+        line = super().readline(*args)
+        if not line:
+            raise KeyboardInterrupt
+        return line
+
+
+def test_cli_chat_caps_replies_by_default_and_says_so(monkeypatch, capsys) -> None:
+    import webrt.chat_module
+    from webrt.cli import main
+
+    seen = {}
+
+    class FakeModule:
+        def __init__(self, model, model_lib, opts):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(webrt.chat_module, "ChatModule", FakeModule)
+    monkeypatch.setattr(webrt.chat_module, "chat_repl", lambda module, lines, out, config: seen.update(config))
+    assert main(["chat", "--model", "m", "--model-lib", "l"]) == 0
+    assert seen == {"max_tokens": webrt.chat_module.CHAT_REPLY_MAX_TOKENS} and seen["max_tokens"] == 512
+    assert "replies stop at 512 tokens (--max-tokens N to change)" in capsys.readouterr().err
+    assert main(["chat", "--model", "m", "--model-lib", "l", "--max-tokens", "2000"]) == 0
+    assert seen == {"max_tokens": 2000} and "replies stop" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["chat", "--model", "m", "--model-lib", "l", "--max-tokens", "0"])
+
+
+def test_chat_repl_ctrl_c_stops_the_reply_not_the_chat(art) -> None:
+    """A real SIGINT during a reply: the reply ends with the mark, the turn is dropped, the next
+    turn gets the reply of a fresh conversation; Ctrl-C at the prompt ends the chat cleanly."""
+    from webrt.chat_module import INTERRUPTED_MARK, chat_repl
+
+    cm = ChatModule(model=art.model_dir, model_lib=art.libs["cpu"])
+    runner = cm.engine.get_model().runner
+    real_decode, calls = runner._decode, [0]
+
+    def decode(*args):
+        out = real_decode(*args)
+        calls[0] += 1
+        if calls[0] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    runner._decode = decode
+    out = io.StringIO()
+    try:
+        chat_repl(cm, Lines("def add(a, b):\nhello world\n"), out,
+                  {"temperature": 0, "max_tokens": 8, "ignore_eos": True})
+    finally:
+        cm.close()
+    partial, mark, rest = out.getvalue().partition(INTERRUPTED_MARK + "\n")
+    assert mark, out.getvalue()
+    whole = run(engine_reply(art, [{"role": "user", "content": "def add(a, b):"}], ignore_eos=True))
+    assert whole.startswith(partial) and len(partial) < len(whole)  # it stopped mid-reply
+    expected = run(engine_reply(art, [{"role": "user", "content": "hello world"}]))
+    assert rest == expected + "\n\n"  # the Ctrl-C at the prompt then ended the chat with a newline

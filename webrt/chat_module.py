@@ -144,18 +144,31 @@ class ChatModule:
 
 
 HELP = "commands: /reset (new conversation), /stats (speed of the last reply), /help, /exit"
+#: ``webrt chat``'s reply length cap unless --max-tokens says otherwise.
+CHAT_REPLY_MAX_TOKENS = 512
+#: Printed after a reply cut short by Ctrl-C (the turn is not kept in the conversation).
+INTERRUPTED_MARK = " [interrupted]"
 
 
 def chat_repl(module: ChatModule, lines: TextIO, out: TextIO, generation_config: Mapping[str, Any] | None = None) -> None:
-    """The terminal chat: one user turn per input line, replies streamed to ``out``."""
+    """The terminal chat: one user turn per input line, replies streamed to ``out``.
+
+    Ctrl-C during a reply stops that reply (printing :data:`INTERRUPTED_MARK`; the turn is
+    dropped from the conversation) and the chat goes on; Ctrl-C at the prompt, end of input or
+    ``/exit`` end the chat.
+    """
     interactive = lines.isatty()
     if interactive:
-        out.write(f"Chatting with {module.model_id}. {HELP}\n")
+        out.write(f"Chatting with {module.model_id}. {HELP}; Ctrl-C stops a reply.\n")
     while True:
         if interactive:
             out.write(">>> ")
             out.flush()
-        line = lines.readline()
+        try:
+            line = lines.readline()
+        except KeyboardInterrupt:
+            out.write("\n")
+            break
         if not line:
             break
         text = line.rstrip("\n")
@@ -174,6 +187,9 @@ def chat_repl(module: ChatModule, lines: TextIO, out: TextIO, generation_config:
         elif command.startswith("/"):
             out.write(f"unknown command {command}; {HELP}\n")
         else:
-            module.generate(text, generation_config, StreamToStdout(out))
+            try:
+                module.generate(text, generation_config, StreamToStdout(out))
+            except KeyboardInterrupt:
+                out.write(INTERRUPTED_MARK)
             out.write("\n")
         out.flush()

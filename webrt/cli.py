@@ -82,18 +82,29 @@ def _compile(p: argparse.ArgumentParser) -> None:
 
 @command("chat", "chat with a compiled model in the terminal (streams replies; reads stdin line by line)")
 def _chat(p: argparse.ArgumentParser) -> None:
+    def positive_int(text: str) -> int:
+        value = int(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive number of tokens, got {value}")
+        return value
+
     p.add_argument("--model", required=True, help="model folder (convert_weight + gen_config output)")
     p.add_argument("--model-lib", required=True, help="model library compiled with --device cpu (.so)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (default: the model's)")
-    p.add_argument("--max-tokens", type=int, help="longest reply in tokens")
+    p.add_argument("--max-tokens", type=positive_int,
+                   help="longest reply in tokens (default: 512, webrt.chat_module.CHAT_REPLY_MAX_TOKENS)")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--system", help="system message (replaces the template's)")
     p.add_argument("--context-window-size", type=int, help="KV cache size to allocate")
 
     def run(a: argparse.Namespace) -> None:
-        from webrt.chat_module import ChatModule, chat_repl
+        from webrt.chat_module import CHAT_REPLY_MAX_TOKENS, ChatModule, chat_repl
 
+        if a.max_tokens is None:
+            a.max_tokens = CHAT_REPLY_MAX_TOKENS
+            print(f"webrt chat: replies stop at {a.max_tokens} tokens (--max-tokens N to change); "
+                  "Ctrl-C stops a reply, Ctrl-C at the prompt or end of input ends the chat", file=sys.stderr)
         opts: dict = {}
         if a.system is not None:
             opts["conv_config"] = {"system_message": a.system}
