@@ -59,6 +59,7 @@ def model_config_for(chat_config: dict[str, Any], overrides: dict[str, int]) -> 
 
 
 def default_library_name(chat_config: dict[str, Any], device: str) -> str:
+    """The default library file name: ``<model_type>-<quantization>-<device>.wasm`` (``.so`` on the CPU)."""
     suffix = ".wasm" if device == "webgpu" else ".so"
     return f"{chat_config['model_type']}-{chat_config['quantization']}-{device}{suffix}"
 

@@ -35,6 +35,7 @@ class Quantization:
 
     @property
     def is_grouped(self) -> bool:
+        """Whether weights are stored as packed codes with group scales (``q4f*_1``)."""
         return self.bits > 0
 
     @property
