@@ -136,6 +136,8 @@ def _chat_template(
 
     if gguf is not None:
         source, where = gguf.field("tokenizer.chat_template"), f"{source_path.name} (tokenizer.chat_template)"
+        # llama.cpp's end-of-turn / end-of-message tokens stop a reply too
+        eos_ids = _eos_ids(eos_ids, gguf.field("tokenizer.ggml.eot_token_id"), gguf.field("tokenizer.ggml.eom_token_id"))
     elif (source_path / "chat_template.jinja").is_file():
         source, where = (source_path / "chat_template.jinja").read_text(encoding="utf-8"), "chat_template.jinja"
     else:
