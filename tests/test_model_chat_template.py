@@ -311,3 +311,42 @@ def test_smollm2_template_tokenizes_as_transformers() -> None:
     for messages in CONVERSATIONS.values():
         ids = tokenizer.encode(template.render(messages), add_special_tokens=False)
         assert ids == _hf_ids(folder, messages)
+
+
+LENML = Path(__file__).resolve().parents[1] / "node_modules" / "@lenml"
+
+
+@pytest.mark.parametrize("name,stop", [("tokenizer-llama3", "<|eot_id|>"), ("tokenizer-llama3_1", "<|eot_id|>"),
+                                       ("tokenizer-qwen2_5", "<|im_end|>"), ("tokenizer-qwen3", "<|im_end|>"),
+                                       ("smollm2", "<|im_end|>")])
+def test_derived_conv_defaults_on_real_templates(name: str, stop: str) -> None:
+    """The derived default system message reproduces the template's no-system prompt in
+    transformers, and the derived stop token is what transformers writes after a reply."""
+    from transformers import AutoTokenizer
+
+    from webrt.conversation.chat_template import ChatTemplate, special_tokens_from_config
+    from webrt.conversation.model_template import derive_defaults
+
+    if name == "smollm2":
+        folder = smollm2_tokenizer_dir()
+    else:
+        found = sorted((LENML / name).rglob("tokenizer_config.json"))
+        if not found:
+            pytest.skip(f"npm @lenml/{name} is missing")
+        folder = found[0].parent
+    reference = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
+    defaults = derive_defaults(ChatTemplate(reference.chat_template, special_tokens_from_config(config)),
+                               lambda s: tokenizer.encode(s, add_special_tokens=False), tokenizer.special_token_ids,
+                               tokenizer.id_to_token, [])
+    user = CONVERSATIONS["user"]
+    plain = reference.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    if defaults.system_message:
+        assert reference.apply_chat_template([{"role": "system", "content": defaults.system_message}, *user],
+                                             tokenize=False, add_generation_prompt=True) == plain
+    else:
+        assert "You are" not in plain
+    assert defaults.stop_str == [stop] and defaults.stop_token_ids == [reference.convert_tokens_to_ids(stop)]
+    reply = reference.apply_chat_template([*user, {"role": "assistant", "content": "Paris."}], tokenize=False)
+    assert "Paris." + stop in reply
