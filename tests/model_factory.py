@@ -169,7 +169,7 @@ def build_artifacts(
     digest = hashlib.sha256((spec + _compiler_fingerprint()).encode()).hexdigest()[:16]
     root = cache_root() / f"{key}-{quantization}-{digest}"
     model_dir = root / "model"
-    libs = {d: root / f"lib-{d}{'.wasm' if d == 'webgpu' else '.so'}" for d in devices}
+    libs = {d: root / f"lib-{d}{'.wasm' if d in ('webgpu', 'wasm') else '.so'}" for d in devices}
     if not (model_dir / "tensor-cache.json").is_file() or not all(p.is_file() for p in libs.values()):
         staging = Path(tempfile.mkdtemp(prefix=f"{root.name}.", dir=root.parent))
         try:

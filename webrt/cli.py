@@ -64,10 +64,11 @@ def _gen_config(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("compile", "compile a model library for webgpu (.wasm) or cpu (.so)")
+@command("compile", "compile a model library for webgpu (.wasm), the browser's CPU (wasm: .wasm) or cpu (.so)")
 def _compile(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="mlc-chat-config.json (or the folder holding it)")
-    p.add_argument("--device", required=True, choices=["webgpu", "cpu"])
+    p.add_argument("--device", required=True, choices=["webgpu", "wasm", "cpu"],
+                   help="webgpu: WebGPU .wasm; wasm: CPU .wasm for the browser (no WebGPU); cpu: native .so")
     p.add_argument("--overrides", help='e.g. "context_window_size=1024;prefill_chunk_size=128"')
     p.add_argument("-o", "--output", required=True, help="library path (or a folder)")
 

@@ -1,4 +1,9 @@
-"""``webrt compile``: mlc-chat-config.json -> a model library for WebGPU (.wasm) or the CPU (.so)."""
+"""``webrt compile``: mlc-chat-config.json -> a model library.
+
+Devices: ``webgpu`` (a .wasm whose kernels are WGSL shaders), ``wasm`` (a .wasm whose kernels are
+wasm32+simd128 CPU code: the browser's CPU, for pages without a usable WebGPU adapter) and
+``cpu`` (a native .so for TVM's runtime: tests, the terminal chat).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from webrt.compiler.build import DEVICES, build_executable, export_model, make_target
+from webrt.compiler.build import DEVICES, WASM_DEVICES, build_executable, export_model, make_target
 from webrt.compiler.gen_config import load_chat_config
 from webrt.compiler.quantization import get_quantization
 from webrt.errors import ModelConfigError
@@ -59,8 +64,8 @@ def model_config_for(chat_config: dict[str, Any], overrides: dict[str, int]) -> 
 
 
 def default_library_name(chat_config: dict[str, Any], device: str) -> str:
-    """The default library file name: ``<model_type>-<quantization>-<device>.wasm`` (``.so`` on the CPU)."""
-    suffix = ".wasm" if device == "webgpu" else ".so"
+    """The default library file name: ``<model_type>-<quantization>-<device>.wasm`` (``.so`` for ``cpu``)."""
+    suffix = ".wasm" if device in WASM_DEVICES else ".so"
     return f"{chat_config['model_type']}-{chat_config['quantization']}-{device}{suffix}"
 
 
@@ -86,10 +91,10 @@ def compile_model(
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
     os.close(fd)
     try:
-        if device == "webgpu":
+        if device in WASM_DEVICES:
             from webrt.compiler.linking.wasm_export import export_wasm
 
-            export_wasm(executable, tmp)
+            export_wasm(executable, tmp, webgpu=(device == "webgpu"))
         else:
             executable.export_library(tmp)
         os.replace(tmp, out)

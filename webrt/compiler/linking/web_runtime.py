@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: The runtime objects, in link order.
 RUNTIME_OBJECTS: tuple[str, ...] = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
+#: The objects a CPU (``--device wasm``) library links: everything but the WebGPU runtime.
+CPU_RUNTIME_OBJECTS: tuple[str, ...] = ("wasm_runtime", "tvmjs_support")
 #: Flags of TVM's web/Makefile, minus -emit-llvm: TVM's LLVM 22 bitcode does not link with
 #: Emscripten 3.1.6's wasm-ld 14, while real wasm objects do.
 COMPILE_FLAGS: tuple[str, ...] = ("-O3", "-std=c++17", "-Wno-ignored-attributes")
@@ -161,9 +163,11 @@ def runtime_dir_for(key: str) -> Path:
     return cache_root() / "tvm-web" / f"{tvm_version()}-{key}"
 
 
-def object_paths(runtime_dir: Path) -> list[Path]:
-    """The runtime objects in `runtime_dir`, in link order."""
-    return [runtime_dir / f"{name}.o" for name in RUNTIME_OBJECTS]
+def object_paths(runtime_dir: Path, webgpu: bool = True) -> list[Path]:
+    """The runtime objects in `runtime_dir`, in link order (without `webgpu_runtime` when
+    `webgpu` is false: a CPU library)."""
+    names = RUNTIME_OBJECTS if webgpu else CPU_RUNTIME_OBJECTS
+    return [runtime_dir / f"{name}.o" for name in names]
 
 
 def _is_complete(runtime_dir: Path) -> bool:
