@@ -165,3 +165,22 @@ def test_chat_repl_ctrl_c_stops_the_reply_not_the_chat(art) -> None:
     assert whole.startswith(partial) and len(partial) < len(whole)  # it stopped mid-reply
     expected = run(engine_reply(art, [{"role": "user", "content": "hello world"}]))
     assert rest == expected + "\n\n"  # the Ctrl-C at the prompt then ended the chat with a newline
+
+
+def test_chat_repl_in_a_terminal_ends_on_eof_or_ctrl_c_on_a_fresh_line() -> None:
+    from types import SimpleNamespace
+
+    from webrt.chat_module import chat_repl
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    class CtrlC(Terminal):
+        def readline(self, *args) -> str:  # type: ignore[override]
+            raise KeyboardInterrupt
+
+    for lines in (Terminal(""), CtrlC("")):
+        out = io.StringIO()
+        chat_repl(SimpleNamespace(model_id="m"), lines, out)
+        assert out.getvalue().endswith("Ctrl-C stops a reply.\n>>> \n")

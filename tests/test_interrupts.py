@@ -105,6 +105,18 @@ def test_abandoned_stream_does_not_block_the_next_request(art) -> None:
     run(main())
 
 
+def test_unload_with_a_suspended_stream_returns_and_the_stream_ends_with_abort(art) -> None:
+    async def main():
+        engine = await engine_for(art)
+        stream = await engine.chat.completions.create(messages=FIRST, stream=True, **LONG)
+        await stream.__anext__()
+        await asyncio.wait_for(engine.unload(), 10)  # waited for the stream forever before
+        rest = [chunk async for chunk in stream]
+        assert rest[-1].choices[0].finish_reason == "abort"
+
+    run(main())
+
+
 def test_two_streams_consumed_concurrently_both_match_their_solo_output(art) -> None:
     async def main():
         engine = await engine_for(art)

@@ -170,6 +170,8 @@ def chat_repl(module: ChatModule, lines: TextIO, out: TextIO, generation_config:
             out.write("\n")
             break
         if not line:
+            if interactive:
+                out.write("\n")  # leave the shell's prompt on a line of its own
             break
         text = line.rstrip("\n")
         command = text.strip()
