@@ -222,3 +222,121 @@ def smollm2_tokenizer_dir() -> Path:
         shutil.rmtree(out, ignore_errors=True)
         os.replace(staging, out)
     return out
+
+
+#: GGUF type of each tensor of :func:`make_tiny_gguf`'s model (llama.cpp names; the rest are F32):
+#: every type webrt keeps, fused q/k/v and gate/up parts that share one type or do not.
+TINY_GGUF_TYPES = {
+    "token_embd.weight": "Q8_0",
+    "output.weight": "Q5_K",
+    "blk.0.attn_q.weight": "Q4_K", "blk.0.attn_k.weight": "Q4_K", "blk.0.attn_v.weight": "Q6_K",
+    "blk.0.attn_output.weight": "Q5_0", "blk.0.ffn_gate.weight": "Q4_1", "blk.0.ffn_up.weight": "Q4_1",
+    "blk.0.ffn_down.weight": "Q8_0",
+    "blk.1.attn_q.weight": "Q2_K", "blk.1.attn_k.weight": "Q2_K", "blk.1.attn_v.weight": "Q2_K",
+    "blk.1.attn_output.weight": "Q5_1", "blk.1.ffn_gate.weight": "Q4_0", "blk.1.ffn_up.weight": "Q3_K",
+    "blk.1.ffn_down.weight": "F16",
+}
+#: the tiny Llama of :func:`make_tiny_gguf`: k-quant rows need multiples of 256 elements
+TINY_GGUF_CONFIG = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4,
+                    "num_key_value_heads": 2}
+
+
+def gguf_blocks(weight, type_name: str, seed: int):
+    """``weight`` (float32 ``[rows, cols]``) as raw GGUF blocks of ``type_name``.
+
+    gguf's own quantizer where it has one; k-quants (which it cannot write) get random blocks whose
+    float16 scales are set so the values have ``weight``'s magnitude."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    kind = GGMLQuantizationType[type_name]
+    if kind in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        return weight.astype(np.float32 if type_name == "F32" else np.float16)
+    try:
+        return quantize(weight.astype(np.float32), kind)
+    except NotImplementedError:
+        pass
+    block, size = GGML_QUANT_SIZES[kind]
+    rows, cols = weight.shape
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=(rows * cols // block, size), dtype=np.uint8)
+    f16_fields = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+    f16_fields = f16_fields[type_name]
+    for start in f16_fields:
+        raw[:, start:start + 2] = np.ones(len(raw), np.float16).view(np.uint8).reshape(-1, 2)
+    unit = float(np.abs(dequantize(raw, kind)).max())
+    for start in f16_fields:
+        d = (rng.uniform(0.5, 1.5, len(raw)) * float(np.abs(weight).max()) / unit).astype(np.float16)
+        raw[:, start:start + 2] = d.view(np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, -1)
+
+
+def make_tiny_gguf(out_dir: Path, types: dict[str, str] | None = None) -> Path:
+    """A GGUF of a tiny random Llama (:func:`make_tiny_hf`, hidden 256) with tensors of many types
+    (:data:`TINY_GGUF_TYPES`), written as llama.cpp does: its tensor names, q/k rows permuted for
+    its RoPE, and the metadata and BPE tokenizer transformers loads it with."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+    from safetensors.numpy import load_file
+
+    types = TINY_GGUF_TYPES if types is None else types
+    hf_dir = make_tiny_hf("llama2", out_dir / "hf", **TINY_GGUF_CONFIG)
+    config = json.loads((hf_dir / "config.json").read_text())
+    tensors = load_file(str(hf_dir / "model.safetensors"))
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+
+    def permute(w, n_head):  # llama.cpp's convert_hf_to_gguf.py order for q/k rows
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer_names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+                   "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                   "mlp.down_proj": "ffn_down"}
+    path = out_dir / "tiny.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name("tiny")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_rope_dimension_count(config["hidden_size"] // heads)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(1)
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    special = {t["content"] for t in tok["added_tokens"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([t for t, _ in vocab])
+    writer.add_token_types([TokenType.CONTROL if t in special else TokenType.NORMAL for t, _ in vocab])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    writer.add_bos_token_id(config["bos_token_id"])
+    writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_pad_token_id(config["pad_token_id"])
+    for seed, (hf_name, value) in enumerate(tensors.items()):
+        if hf_name in names:
+            name = names[hf_name]
+        else:
+            _, _, layer, rest = hf_name.split(".", 3)
+            name = f"blk.{layer}.{layer_names[rest.rsplit('.', 1)[0]]}.weight"
+        w = value.astype(np.float32)
+        if name.endswith("attn_q.weight"):
+            w = permute(w, heads)
+        elif name.endswith("attn_k.weight"):
+            w = permute(w, kv_heads)
+        type_name = types.get(name, "F32")
+        data = gguf_blocks(w, type_name, seed) if w.ndim == 2 else w
+        raw_dtype = None if type_name in ("F32", "F16") else GGMLQuantizationType[type_name]
+        writer.add_tensor(name, data, raw_dtype=raw_dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -26,7 +26,7 @@ def command(name: str, help_text: str):
 @command("convert_weight", "convert and quantize HF / GGUF weights into an MLC tensor cache")
 def _convert_weight(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="Hugging Face model folder or .gguf file")
-    p.add_argument("--quantization", required=True, help="q0f32, q0f16, q4f16_1 or q4f32_1")
+    p.add_argument("--quantization", required=True, help="q0f32, q0f16, q4f16_1, q4f32_1, or gguf_f32 (GGUF sources)")
     p.add_argument("-o", "--output", required=True, help="output folder")
 
     def run(a: argparse.Namespace) -> None:

@@ -80,6 +80,8 @@ def compile_model(
         raise ModelConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     chat_config = load_chat_config(chat_config_path)
     quant = get_quantization(chat_config["quantization"])
+    if quant.keeps_gguf:
+        quant = quant.with_formats(chat_config.get("gguf_formats") or {})
     config = model_config_for(chat_config, parse_overrides(overrides))
     out = Path(output)
     if out.is_dir():

@@ -247,11 +247,12 @@ def gen_config(
     attention_sink_size: int | None = None,
 ) -> dict[str, Any]:
     """Write mlc-chat-config.json plus tokenizer files into ``output``; return the config."""
-    get_quantization(quantization)
+    quant = get_quantization(quantization)
     conv = get_conv_template(conv_template)
     source_path = Path(source_path)
     source = open_source(source_path)
     try:
+        quant = quant.for_source(source)
         config = TransformerConfig.from_hf(source.config)
         model_type = architecture_for_hf(config.architecture).model_type
         context, sliding, sink = _window_settings(config, context_window_size, sliding_window_size, attention_sink_size)
@@ -278,6 +279,8 @@ def gen_config(
             "pipeline_parallel_stages": 1,
             **_generation_defaults(folder, source if is_gguf else None),
         }
+        if quant.gguf_formats is not None:  # gguf_f32: each matrix's GGUF type, for compile
+            chat_config["gguf_formats"] = dict(quant.gguf_formats)
         with staged_output_dir(output) as staging:
             files = _write_tokenizer(source_path, is_gguf, staging)
             tokenizer_json = staging / "tokenizer.json"

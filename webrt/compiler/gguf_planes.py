@@ -170,14 +170,20 @@ def _decode_blocks(kind: GGMLQuantizationType, b: np.ndarray) -> tuple[np.ndarra
     raise AssertionError(kind)
 
 
+def plane_format(type_name: str, name: str = "tensor") -> PlaneFormat:
+    """The plane layout of GGUF type ``type_name`` (``"Q4_K"``); a typed error for one webrt cannot keep."""
+    for fmt in PLANE_FORMATS.values():
+        if fmt.name == type_name:
+            return fmt
+    raise UnsupportedQuantizationError(
+        f"{name} is stored as GGUF {type_name}, which webrt cannot keep exactly; keepable types: "
+        f"{', '.join(f.name for f in PLANE_FORMATS.values())}, F32, F16, BF16. Convert with a re-quantizing "
+        "mode (q4f16_1, q4f32_1, q0f16, q0f32) instead.")
+
+
 def to_planes(kind: GGMLQuantizationType, raw: np.ndarray, shape: tuple[int, ...], name: str = "tensor") -> Planes:
     """A quantized GGUF tensor (``raw`` bytes, logical ``shape`` ``[..., cols]``) in plane form."""
-    fmt = PLANE_FORMATS.get(kind)
-    if fmt is None:
-        raise UnsupportedQuantizationError(
-            f"{name} is stored as GGUF {kind.name}, which webrt cannot keep exactly; keepable types: "
-            f"{', '.join(f.name for f in PLANE_FORMATS.values())}, F32, F16, BF16. Convert with a re-quantizing "
-            "mode (q4f16_1, q4f32_1, q0f16, q0f32) instead.")
+    fmt = plane_format(kind.name, name)
     block, type_size = GGML_QUANT_SIZES[kind]
     *lead, cols = shape
     rows = int(np.prod(lead)) if lead else 1

@@ -13,15 +13,25 @@ scales per group and keeps the one with the least squared error, using all 16 co
 the same decoder reads it. On SmolLM2's GGUF weights the squared error is ~15% lower and the
 mean KL divergence to the unquantized model drops from 0.485 to 0.420 (8 prompts x 48
 teacher-forced tokens; top-1 agreement 65.0% vs MLC's 66.3%, within noise).
+
+``gguf_f32`` re-quantizes nothing: every matrix of a GGUF file keeps its own GGUF type (Q4_0 ..
+Q8_0, Q2_K .. Q6_K, or float), stored as the exact planes of :mod:`webrt.compiler.gguf_planes`
+and dequantized inside the matmul kernels in float32; activations are float32. Which type each
+matrix has is recorded per Hugging Face matrix name (``gguf_formats`` in mlc-chat-config.json and
+``GGUFFormats`` in the tensor cache's metadata) so ``compile`` builds the matching kernels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from webrt.errors import UnsupportedQuantizationError
+
+if TYPE_CHECKING:
+    from webrt.compiler.sources import WeightSource
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,9 @@ class Quantization:
     model_dtype: str  # activations, norms, KV cache, scales
     bits: int = 0  # 0: weights stored unquantized in model_dtype
     group_size: int = 32
+    keeps_gguf: bool = False  # gguf_f32: each matrix in its own GGUF type
+    #: gguf_f32 only: (HF matrix name, GGUF type name) of every matrix, set by :meth:`with_formats`
+    gguf_formats: tuple[tuple[str, str], ...] | None = None
 
     @property
     def is_grouped(self) -> bool:
@@ -47,6 +60,25 @@ class Quantization:
     def max_int(self) -> int:
         """The signed magnitude the grouped scale maps ``max|w|`` to (7 for 4 bits)."""
         return (1 << (self.bits - 1)) - 1
+
+    def with_formats(self, formats: dict[str, str]) -> "Quantization":
+        """This ``gguf_f32`` scheme bound to one model's matrix types (``{"model.embed_tokens": "Q8_0"}``)."""
+        return replace(self, gguf_formats=tuple(sorted(formats.items())))
+
+    def for_source(self, source: "WeightSource") -> "Quantization":
+        """This scheme checked against a weight source; ``gguf_f32`` bound to the GGUF's matrix types.
+
+        ``gguf_f32`` reads only GGUF files (a typed error naming the other schemes otherwise)."""
+        from webrt.compiler.sources import GGUFSource
+
+        if not self.keeps_gguf:
+            return self
+        if not isinstance(source, GGUFSource):
+            raise UnsupportedQuantizationError(
+                f"{self.name} keeps a GGUF file's own quantizations, and {source.path} is not a .gguf file; "
+                "use q4f16_1, q4f32_1, q0f16 or q0f32 for a Hugging Face folder."
+            )
+        return self.with_formats(source.formats())
 
     def check_reduction_dim(self, name: str, k: int) -> None:
         """Raise if a weight's reduction axis cannot be split into whole groups."""
@@ -64,6 +96,7 @@ QUANTIZATIONS: dict[str, Quantization] = {
         Quantization("q0f16", "float16"),
         Quantization("q4f16_1", "float16", bits=4),
         Quantization("q4f32_1", "float32", bits=4),
+        Quantization("gguf_f32", "float32", keeps_gguf=True),
     )
 }
 

@@ -3,6 +3,8 @@
 The models fuse ``q/k/v_proj`` into ``qkv_proj`` and ``gate/up_proj`` into ``gate_up_proj``
 (MLC-LLM's names). A quantized parameter ``X.q_weight`` / ``X.q_scale`` comes from the float
 ``X.weight``; both halves are produced together and handed out in the library's order.
+Under ``gguf_f32`` a matrix's segments (:class:`webrt.models.layers.Segment`) come as exact
+planes from the GGUF, parts concatenated by rows.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Iterator
 
 import numpy as np
 
+from webrt.compiler.gguf_planes import Planes
 from webrt.compiler.quantization import Quantization, quantize_grouped
-from webrt.compiler.sources import WeightSource
+from webrt.compiler.sources import GGUFSource, WeightSource
+from webrt.models.layers import Segment
 from webrt.errors import WeightFileError
 
 FUSED_PROJECTIONS = {
@@ -47,16 +51,35 @@ def float_param(source: WeightSource, param: str, tie_word_embeddings: bool) -> 
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
+def segment_tensors(source: GGUFSource, segment: Segment) -> dict[str, np.ndarray]:
+    """A ``gguf_f32`` segment's parameters (by leaf name) from the GGUF, its parts stacked by rows."""
+    values = [source.planes(f"{name}.weight") for name in segment.sources]
+    if segment.planes is None:
+        return {"weight": np.concatenate([np.asarray(v, dtype=np.float32) for v in values], axis=0)}
+    first = values[0]
+    stacked = Planes(first.fmt, np.concatenate([v.codes for v in values]), np.concatenate([v.scale for v in values]),
+                     None if first.min is None else np.concatenate([v.min for v in values]))
+    return {f"q_{key}": value for key, value in stacked.packed().items()}
+
+
 def convert_params(
     source: WeightSource,
     params: list[tuple[str, tuple[int, ...], str]],
     quant: Quantization,
     tie_word_embeddings: bool,
+    segments: dict[str, Segment] | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(name, array)`` for every library parameter, in order, with checked shapes."""
+    """Yield ``(name, array)`` for every library parameter, in order, with checked shapes.
+
+    ``segments`` (``gguf_f32``): each segment by its parameter prefix."""
     pending: dict[str, np.ndarray] = {}
     for name, shape, dtype in params:
+        prefix = name.rsplit(".", 1)[0]
         if name in pending:
+            value = pending.pop(name)
+        elif segments and prefix in segments:
+            assert isinstance(source, GGUFSource)
+            pending.update({f"{prefix}.{k}": v for k, v in segment_tensors(source, segments[prefix]).items()})
             value = pending.pop(name)
         elif name.endswith((".q_weight", ".q_scale")):
             base = name.rsplit(".", 1)[0]

@@ -20,7 +20,7 @@ from tvm.target import Target
 from webrt.compiler.quantization import Quantization
 from webrt.errors import ModelConfigError
 from webrt.models.config import TransformerConfig
-from webrt.models.layers import Embedding, Linear, RMSNorm
+from webrt.models.layers import Embedding, Linear, RMSNorm, bind_gguf_formats
 
 SUPPORTED_ROPE_SCALING = ("llama3",)
 
@@ -51,7 +51,9 @@ class LlamaAttention(nn.Module):
         self.num_q_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         qkv_out = (self.num_q_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = Linear(config.hidden_size, qkv_out, quant, bias=qkv_bias or config.attention_bias)
+        q_rows, kv_rows = self.num_q_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = Linear(config.hidden_size, qkv_out, quant, bias=qkv_bias or config.attention_bias,
+                               parts=(("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)))
         self.o_proj = Linear(self.num_q_heads * self.head_dim, config.hidden_size, quant, bias=config.attention_bias)
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
@@ -66,7 +68,9 @@ class LlamaMLP(nn.Module):
 
     def __init__(self, config: TransformerConfig, quant: Quantization):
         super().__init__()
-        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, quant)
+        inter = config.intermediate_size
+        parts = (("gate_proj", inter), ("up_proj", inter))
+        self.gate_up_proj = Linear(config.hidden_size, 2 * inter, quant, parts=parts)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, quant)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -129,6 +133,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config, quant, self.qkv_bias)
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, quant)
+        bind_gguf_formats(self, quant)
 
     # --- pieces -----------------------------------------------------------------------------
     def logits(self, hidden: Tensor) -> Tensor:

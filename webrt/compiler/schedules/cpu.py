@@ -6,7 +6,8 @@ in vector registers (a float reduction is not vectorized otherwise), and the out
 split across threads. In decode, a grouped-quantization ``dequantize`` producer is inlined, so
 each packed weight word is loaded once and unpacked in registers; in prefill each task unpacks
 its weight rows once into a float tile that every row of the input reuses. Epilogues (cast,
-bias, residual add) run right after each output row.
+bias, residual add) run right after each output row. ``gguf_f32``'s producer (several packed
+planes, float32 scales and minimums) is scheduled the same way.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from webrt.compiler.gguf_planes import FLOAT_TYPES, Planes, to_planes
 from webrt.compiler.sources.base import WeightSource
 from webrt.compiler.sources.gguf_rope import llama3_scaling_from_divisors
 from webrt.errors import ModelConfigError, WeightFileError
@@ -129,18 +130,41 @@ class GGUFSource(WeightSource):
     def names(self) -> list[str]:
         return list(self._tensors)
 
-    def get(self, name: str) -> np.ndarray:
+    def _tensor(self, name: str) -> Any:
         t = self._tensors.get(name)
         if t is None:
             raise WeightFileError(f"tensor {name!r} is not in {self.path.name}; the GGUF is incomplete.")
-        w = gguf_dequantize(t, self.path.name)
+        return t
+
+    def _hf_rows(self, name: str, w: np.ndarray) -> np.ndarray:
+        """``w``'s rows in Hugging Face order (q/k rows of llama.cpp's "llama" files are permuted)."""
         if self.metadata.get("general.architecture") != "llama":
             return w  # only llama.cpp's "llama" converter permutes q/k rows
         if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
-            w = unpermute_rope_rows(w, self.config["num_attention_heads"])
-        elif name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
-            w = unpermute_rope_rows(w, self.config["num_key_value_heads"])
+            return unpermute_rope_rows(w, self.config["num_attention_heads"])
+        if name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+            return unpermute_rope_rows(w, self.config["num_key_value_heads"])
         return w
+
+    def get(self, name: str) -> np.ndarray:
+        t = self._tensor(name)
+        return self._hf_rows(name, gguf_dequantize(t, self.path.name))
+
+    def formats(self) -> dict[str, str]:
+        """The GGUF type of every matrix, by HF name without ``.weight`` (``{"lm_head": "Q6_K"}``)."""
+        return {name[: -len(".weight")]: t.tensor_type.name for name, t in self._tensors.items()
+                if name.endswith(".weight") and len(t.shape) == 2}
+
+    def planes(self, name: str) -> Planes | np.ndarray:
+        """Matrix ``name`` exactly as stored: :class:`Planes` of a quantized type, float32 of a float
+        one (rows in HF order). Types :mod:`webrt.compiler.gguf_planes` cannot keep raise its error."""
+        t = self._tensor(name)
+        if t.tensor_type in FLOAT_TYPES:
+            return self.get(name)
+        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
+        p = to_planes(t.tensor_type, np.asarray(t.data), shape, t.name)
+        return Planes(p.fmt, self._hf_rows(name, p.codes), self._hf_rows(name, p.scale),
+                      None if p.min is None else self._hf_rows(name, p.min))
 
     def close(self) -> None:
         self._reader = None  # type: ignore[assignment]

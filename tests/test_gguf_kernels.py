@@ -1,0 +1,125 @@
+"""gguf_f32's kernels decode every GGUF type exactly: random blocks written by the ``gguf``
+package go through the compiled CPU library's matmul (decode GEMV and prefill paths, one-hot
+inputs) and embedding lookup, and come out as the float32 values of ``gguf.quants.dequantize``."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import tvm
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
+from tvm import relax
+from tvm.relax.frontend import nn
+
+from test_gguf_planes import random_blocks
+from webrt.compiler.build import ExportedModel, build_executable, make_target
+from webrt.compiler.gguf_planes import PLANE_FORMATS, to_planes
+from webrt.compiler.quantization import get_quantization
+from webrt.models.config import TransformerConfig
+from webrt.models.layers import Embedding, Linear, bind_gguf_formats
+
+KINDS = list(PLANE_FORMATS)
+ROWS, COLS = 6, 512  # two k-quant super-blocks per row
+
+
+class EveryType(nn.Module):
+    """One matrix and one embedding table per GGUF type, all read by ``forward`` / ``embed``."""
+
+    def __init__(self, quant):
+        super().__init__()
+        for kind in KINDS:
+            setattr(self, f"w_{kind.name}", Linear(COLS, ROWS, quant))
+            setattr(self, f"e_{kind.name}", Embedding(ROWS, COLS, quant))
+        bind_gguf_formats(self, quant)
+
+    def forward(self, x: nn.Tensor):
+        return tuple(getattr(self, f"w_{kind.name}")(x) for kind in KINDS)
+
+    def embed(self, ids: nn.Tensor):
+        return tuple(getattr(self, f"e_{kind.name}")(ids) for kind in KINDS)
+
+
+@functools.cache
+def blocks_and_reference() -> dict[GGMLQuantizationType, tuple[np.ndarray, np.ndarray]]:
+    """Random raw blocks of every type, with their float32 values by ``gguf.quants.dequantize``."""
+    out = {}
+    for kind in KINDS:
+        block, _ = GGML_QUANT_SIZES[kind]
+        raw = random_blocks(kind, ROWS * COLS // block, np.random.default_rng(100 + kind.value))
+        out[kind] = raw, dequantize(raw, kind).reshape(ROWS, COLS).astype(np.float32)
+    return out
+
+
+def export_every_type(device: str):
+    """The :class:`EveryType` module through webrt's own lowering pipeline for ``device``."""
+    formats = {f"{p}_{kind.name}": kind.name for kind in KINDS for p in ("w", "e")}
+    quant = get_quantization("gguf_f32").with_formats(formats)
+    target = make_target(device)
+    model = EveryType(quant)
+    plain = {"param_mode": "plain", "effect_mode": "none"}
+    spec = {"forward": {"x": nn.spec.Tensor([1, "seq_len", COLS], "float32"), "$": plain},
+            "embed": {"ids": nn.spec.Tensor(["seq_len"], "int32"), "$": plain}}
+    mod, named = model.export_tvm(spec=spec)
+    config = TransformerConfig("LlamaForCausalLM", "llama", ROWS, COLS, COLS, 1, 1, 1, COLS, 1e-5,
+                               prefill_chunk_size=COLS, context_window_size=COLS)
+    params = [(n, tuple(int(d) for d in p.shape), p.dtype) for n, p in named]
+    exported = ExportedModel(mod, params, config, quant, target)
+    return exported, build_executable(exported, device)
+
+
+def param_values(params: list[tuple[str, tuple[int, ...], str]]) -> list[np.ndarray]:
+    """The planes of every parameter, in the module's order."""
+    data = blocks_and_reference()
+    values = []
+    for name, shape, dtype in params:
+        prefix, leaf = name.rsplit(".", 1)
+        kind = GGMLQuantizationType[prefix.split("_", 1)[1]]
+        raw, _ = data[kind]
+        value = to_planes(kind, raw, (ROWS, COLS)).packed()[leaf[2:]]
+        assert value.shape == shape and value.dtype == dtype, name
+        values.append(value)
+    return values
+
+
+def same_float32(got: np.ndarray, expected: np.ndarray) -> None:
+    """Equal float32 bit patterns (a sum of one-hot products cannot keep -0.0: +0.0 stands for it)."""
+    np.testing.assert_array_equal((got + np.float32(0)).view(np.uint32), (expected + np.float32(0)).view(np.uint32))
+
+
+@pytest.fixture(scope="module")
+def cpu_library():
+    exported, executable = export_every_type("cpu")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm, [tvm.runtime.tensor(v) for v in param_values(exported.params)]
+
+
+def test_prefill_matmul_decodes_every_type_exactly(cpu_library) -> None:
+    vm, params = cpu_library
+    eye = np.eye(COLS, dtype=np.float32)[None]  # row i of the input picks column i of W
+    outs = vm["forward"](tvm.runtime.tensor(eye), *params)
+    for kind, out in zip(KINDS, outs):
+        same_float32(out.numpy()[0].T, blocks_and_reference()[kind][1])
+
+
+@pytest.mark.parametrize("column", [0, 1, 31, 32, 255, 256, 300, COLS - 1])
+def test_decode_gemv_decodes_every_type_exactly(cpu_library, column: int) -> None:
+    vm, params = cpu_library
+    one_hot = np.zeros((1, 1, COLS), np.float32)
+    one_hot[0, 0, column] = 1
+    outs = vm["forward"](tvm.runtime.tensor(one_hot), *params)
+    reference = blocks_and_reference()
+    for kind, out in zip(KINDS, outs):
+        same_float32(out.numpy()[0, 0], reference[kind][1][:, column])
+
+
+def test_embedding_lookup_decodes_every_type_bit_exactly(cpu_library) -> None:
+    vm, params = cpu_library
+    ids = np.array([5, 0, 3, 1, 2, 4, 0], np.int32)
+    outs = vm["embed"](tvm.runtime.tensor(ids), *params)
+    reference = blocks_and_reference()
+    for kind, out in zip(KINDS, outs):
+        np.testing.assert_array_equal(out.numpy().view(np.uint32), reference[kind][1][ids].view(np.uint32))
+
