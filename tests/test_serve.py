@@ -121,7 +121,7 @@ def test_bad_inputs_are_typed_errors(tmp_path: Path) -> None:
     index = json.loads((model / "tensor-cache.json").read_text())
     index["records"][0]["dataPath"] = "../notes.txt"
     (model / "tensor-cache.json").write_text(json.dumps(index))
-    with pytest.raises(WeightFileError, match="leaves the model folder"):
+    with pytest.raises(WeightFileError, match="not a file name inside the model folder"):
         ServedModel(model, lib).files()
     index["records"][0]["dataPath"] = "params_shard_9.bin"
     (model / "tensor-cache.json").write_text(json.dumps(index))

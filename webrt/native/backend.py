@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 
 from webrt.errors import ModelLibraryError, WeightFileError
+from webrt.native.verify import check_library, read_index, verify_shards
 from webrt.ndarray_cache.format import INDEX_NAME, LEGACY_INDEX_NAME
 
 
@@ -23,6 +24,7 @@ class NativeBackend:
             raise ModelLibraryError(f"{model_lib} does not exist; build it with `webrt compile ... --device cpu`.")
         if not any((model_dir / n).is_file() for n in (INDEX_NAME, LEGACY_INDEX_NAME)):
             raise WeightFileError(f"{model_dir} has no {INDEX_NAME}; run `webrt convert_weight` into it.")
+        check_library(model_lib)
         self.device = tvm.cpu()
         try:
             self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(model_lib)), self.device)
@@ -39,22 +41,11 @@ class NativeBackend:
         names = [p["name"] for p in self.metadata["params"]]
         if not (model_dir / INDEX_NAME).is_file():  # only the legacy name: TVM reads tensor-cache.json
             raise WeightFileError(f"{model_dir} has only {LEGACY_INDEX_NAME}; copy it to {INDEX_NAME}.")
+        index = read_index(model_dir)
+        index.check_params(names, self.metadata["params"], str(model_dir))
+        verify_shards(model_dir, list(index.shards))  # TVM reads every shard the index names
         tvm.get_global_func("vm.builtin.tensor_cache.clear")()
         tvm.get_global_func("vm.builtin.tensor_cache.load")(str(model_dir), self.device.dlpack_device_type(), 0)
-        get = tvm.get_global_func("vm.builtin.tensor_cache.get")
-        missing = [n for n in names if get(n) is None]
-        if missing:
-            raise WeightFileError(
-                f"{model_dir} lacks {len(missing)} parameter(s) the library needs (e.g. {missing[0]}); "
-                "the weights and the library come from different models or quantizations."
-            )
-        for p in self.metadata["params"]:
-            t = get(p["name"])
-            if list(t.shape) != list(p["shape"]) or str(t.dtype) != p["dtype"]:
-                raise WeightFileError(
-                    f"{p['name']} is {list(t.shape)} {t.dtype} in the weights but the library expects "
-                    f"{p['shape']} {p['dtype']}; re-run convert_weight with the library's quantization."
-                )
         params = tvm.get_global_func("vm.builtin.param_array_from_cache_by_name")(names)
         tvm.get_global_func("vm.builtin.tensor_cache.clear")()
         return params

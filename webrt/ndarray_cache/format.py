@@ -22,6 +22,8 @@ INDEX_NAME = "tensor-cache.json"
 LEGACY_INDEX_NAME = "ndarray-cache.json"
 INDEX_NAMES = (INDEX_NAME, LEGACY_INDEX_NAME)
 
+#: How a tensor's bytes are stored: as its dtype, or float32 stored as bfloat16 (widened on load).
+RECORD_FORMATS = ("raw", "f32-to-bf16")
 DTYPE_BYTES = {
     "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8,
     "int32": 4, "uint32": 4, "int64": 8, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "bool": 1,
@@ -128,32 +130,82 @@ class TensorCacheIndex:
 
     @classmethod
     def from_json(cls, data: Any, source: str = INDEX_NAME) -> "TensorCacheIndex":
+        """Validate a parsed index once, at the boundary, for every host: each shard a plain file
+        name inside the model folder with an integer size and a hex md5sum; each tensor a unique
+        name, a known dtype and format, non-negative integer shape, size matching shape x dtype,
+        and bytes inside its shard that overlap no other tensor's."""
         def bad(what: str) -> WeightFileError:
             return WeightFileError(f"{source}: {what}; the file is corrupt, re-run `webrt convert_weight`.")
 
         if not isinstance(data, dict) or not isinstance(data.get("records"), list):
             raise bad("no 'records' list")
-        shards = []
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise bad("'metadata' is not an object")
+        shards, names = [], set()
         for i, s in enumerate(data["records"]):
-            try:
-                tensors = tuple(
-                    TensorRecord(
-                        name=str(t["name"]),
-                        shape=tuple(int(d) for d in t["shape"]),
-                        dtype=str(t["dtype"]),
-                        format=str(t.get("format", "raw")),
-                        nbytes=int(t["nbytes"]),
-                        byte_offset=int(t["byteOffset"]),
-                    )
-                    for t in s["records"]
-                )
-                shard = ShardRecord(str(s["dataPath"]), int(s["nbytes"]), s.get("md5sum"), tensors)
-            except (KeyError, TypeError, ValueError) as e:
-                raise bad(f"shard record {i} lacks or mangles {e}") from None
-            for t in tensors:
-                if t.format not in ("raw", "f32-to-bf16"):
-                    raise bad(f"tensor {t.name} has unknown format {t.format!r}")
-                if t.byte_offset + t.nbytes > shard.nbytes:
-                    raise bad(f"tensor {t.name} runs past the end of {shard.data_path}")
-            shards.append(shard)
-        return cls(dict(data.get("metadata") or {}), tuple(shards))
+            if not isinstance(s, dict) or not isinstance(s.get("records"), list):
+                raise bad(f"shard record {i} is not an object with a 'records' list")
+            path = s.get("dataPath")
+            if not is_plain_relative_path(path):
+                raise bad(f"shard record {i} has dataPath {path!r}, not a file name inside the model folder")
+            md5 = s.get("md5sum")
+            if not (isinstance(md5, str) and len(md5) == 32 and all(c in "0123456789abcdefABCDEF" for c in md5)):
+                raise bad(f"shard {path} has md5sum {md5!r}, not 32 hex digits")
+            size = _whole(s.get("nbytes"))
+            if size is None:
+                raise bad(f"shard {path} has nbytes {s.get('nbytes')!r}, not a non-negative integer")
+            tensors = tuple(_tensor_record(t, path, bad) for t in s["records"])
+            spans = sorted((t.byte_offset, t.byte_offset + t.nbytes, t.name) for t in tensors)
+            for (start, end, name), (next_start, _, next_name) in zip(spans, spans[1:]):
+                if next_start < end:
+                    raise bad(f"tensors {name} and {next_name} overlap in {path}")
+            for start, end, name in spans:
+                if end > size:
+                    raise bad(f"tensor {name} runs past the end of {path} ({end} > {size} bytes)")
+                if name in names:
+                    raise bad(f"tensor {name} appears twice")
+                names.add(name)
+            shards.append(ShardRecord(path, size, md5.lower(), tensors))
+        return cls(dict(metadata), tuple(shards))
+
+
+def _whole(value: Any) -> int | None:
+    """`value` if it is a non-negative integer (not a bool, float or string), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def is_plain_relative_path(path: Any) -> bool:
+    """A '/'-separated relative path with no empty, '.' or '..' segment, backslash or control character."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
+        return False
+    if any(ord(c) < 32 for c in path) or ":" in path.split("/", 1)[0]:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _tensor_record(t: Any, shard: str, bad: Any) -> TensorRecord:
+    """One tensor entry of a shard, validated (see TensorCacheIndex.from_json)."""
+    if not isinstance(t, dict):
+        raise bad(f"a tensor entry of {shard} is not an object")
+    name = t.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad(f"a tensor of {shard} has name {name!r}")
+    shape = t.get("shape")
+    if not isinstance(shape, list) or any(_whole(d) is None for d in shape):
+        raise bad(f"tensor {name} has shape {shape!r}, not a list of non-negative integers")
+    nbytes, offset = _whole(t.get("nbytes")), _whole(t.get("byteOffset"))
+    if nbytes is None or offset is None:
+        raise bad(f"tensor {name} has nbytes {t.get('nbytes')!r} / byteOffset {t.get('byteOffset')!r}, "
+                  "not non-negative integers")
+    dtype, fmt = t.get("dtype"), t.get("format", "raw")
+    if not isinstance(dtype, str) or not isinstance(fmt, str):
+        raise bad(f"tensor {name} has dtype {dtype!r} / format {fmt!r}")
+    if fmt not in RECORD_FORMATS:
+        raise bad(f"tensor {name} has unknown format {fmt!r}")
+    record = TensorRecord(name, tuple(shape), dtype, fmt, nbytes, offset)
+    try:
+        record.check()
+    except WeightFileError as e:
+        raise bad(str(e)) from None
+    return record

@@ -42,7 +42,7 @@ from typing import Any
 
 from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.errors import ModelConfigError, ToolchainError, WeightFileError
-from webrt.ndarray_cache.format import INDEX_NAMES, TensorCacheIndex
+from webrt.ndarray_cache.format import INDEX_NAMES, TensorCacheIndex, is_plain_relative_path
 from webrt.tools.paths import BOOT_DIR, default_site_dir, find_node_package
 
 MIME = {
@@ -88,14 +88,11 @@ LOCAL_HOST_NAMES = ("127.0.0.1", "localhost")
 
 
 def _safe_relative(name: Any, where: Path, what: str) -> str:
-    """`name` as a plain relative path inside `where`: no ``..``, no dot segments, no absolute path."""
-    fix = f"regenerate {where} with `webrt convert_weight` / `webrt gen_config`"
-    if not isinstance(name, str) or not name or "\\" in name or any(ord(c) < 32 for c in name):
-        raise WeightFileError(f"{where}: {what} {name!r} is not a file name; {fix}.")
-    parts = PurePosixPath(name).parts
-    if PurePosixPath(name).is_absolute() or any(p.startswith(".") for p in parts):
-        raise WeightFileError(f"{where}: {what} {name!r} leaves the model folder or names a hidden file; {fix}.")
-    return "/".join(parts)
+    """`name` if it is a plain relative path inside the model folder and names no hidden file."""
+    if not is_plain_relative_path(name) or any(part.startswith(".") for part in name.split("/")):
+        raise WeightFileError(f"{where}: {what} {name!r} is not a file name inside the model folder (or names a "
+                              f"hidden file); regenerate {where} with `webrt convert_weight` / `webrt gen_config`.")
+    return name
 
 
 def model_files(model_dir: Path) -> list[str]:
