@@ -123,3 +123,80 @@ def test_embedding_lookup_decodes_every_type_bit_exactly(cpu_library) -> None:
     for kind, out in zip(KINDS, outs):
         np.testing.assert_array_equal(out.numpy().view(np.uint32), reference[kind][1][ids].view(np.uint32))
 
+
+RUN_EVERY_TYPE_JS = """
+async (a) => {
+  const gpu = await tvmjs.detectGPUDevice();
+  if (!gpu) throw new Error("no WebGPU adapter");
+  const bytes = await (await fetch(a.url)).arrayBuffer();
+  const tvm = await tvmjs.instantiate(bytes, tvmjs.createPolyfillWASI(), () => {});
+  tvm.initWebGPU(gpu.device);
+  tvm.beginScope();
+  const dev = tvm.webgpu();
+  const vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(dev));
+  await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
+  const upload = (shape, dtype, data) => tvm.empty(shape, dtype, dev).copyFrom(data);
+  const typed = (p) => (p.dtype === "uint32" ? new Uint32Array(p.data) : new Float32Array(p.data));
+  const params = a.params.map((p) => upload(p.shape, p.dtype, typed(p)));
+  const bits = async (tuple) => {
+    const out = [];
+    for (let i = 0; i < tuple.size(); i++) {
+      const y = tuple.get(i);
+      const host = tvm.empty(y.shape, "float32", tvm.cpu()).copyFrom(y);
+      await dev.sync();
+      out.push(Array.from(new Uint32Array(host.toArray().buffer)));
+    }
+    return out;
+  };
+  const eye = new Float32Array(a.cols * a.cols);
+  for (let i = 0; i < a.cols; i++) eye[i * a.cols + i] = 1;
+  const forward = vm.getFunction("forward");
+  const result = {prefill: await bits(forward(upload([1, a.cols, a.cols], "float32", eye), ...params))};
+  result.decode = [];
+  for (const column of a.columns) {
+    const x = new Float32Array(a.cols);
+    x[column] = 1;
+    result.decode.push(await bits(forward(upload([1, 1, a.cols], "float32", x), ...params)));
+  }
+  const ids = tvm.empty([a.ids.length], "int32", dev).copyFrom(new Int32Array(a.ids));
+  result.embed = await bits(vm.getFunction("embed")(ids, ...params));
+  tvm.endScope();
+  vm.dispose();
+  return result;
+}
+"""
+
+
+@pytest.mark.browser
+def test_webgpu_kernels_decode_every_type_exactly_in_chromium(tmp_path) -> None:
+    """The same module built for WebGPU, run by TVM's JS runtime in headless Chromium."""
+    import shutil
+
+    import browser_util
+    from webrt.compiler.linking.wasm_export import export_wasm
+
+    if not (shutil.which("emcc") and browser_util.chromium_available() and browser_util.TVMJS_DIR.is_dir()):
+        pytest.skip("needs emcc, chromium + playwright and npm @mlc-ai/web-runtime")
+    exported, executable = export_every_type("webgpu")
+    wasm = export_wasm(executable, tmp_path / "every_type.wasm")
+    values = param_values(exported.params)
+    columns, ids = [0, 33, 300, COLS - 1], [5, 0, 3, 1, 2, 4, 0]
+    arg = {"url": f"/lib/{wasm.name}", "cols": COLS, "columns": columns, "ids": ids,
+           "params": [{"shape": list(v.shape), "dtype": str(v.dtype), "data": v.ravel().tolist()} for v in values]}
+    routes = {"/tvmjs/": browser_util.TVMJS_DIR, "/lib/": wasm.parent}
+    with browser_util.StaticServer(routes, {"/": browser_util.tvmjs_page()}) as server, \
+            browser_util.chromium() as browser:
+        browser.goto(server.url("/"))
+        result = browser.evaluate(RUN_EVERY_TYPE_JS, arg, timeout_s=300)
+
+    def floats(words: list[int], shape: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(words, dtype=np.uint32).view(np.float32).reshape(shape)
+
+    reference = blocks_and_reference()
+    for i, kind in enumerate(KINDS):
+        expected = reference[kind][1]
+        same_float32(floats(result["prefill"][i], (COLS, ROWS)).T, expected)
+        for column, outs in zip(columns, result["decode"]):
+            same_float32(floats(outs[i], (ROWS,)), expected[:, column])
+        np.testing.assert_array_equal(floats(result["embed"][i], (len(ids), COLS)).view(np.uint32),
+                                      expected[ids].view(np.uint32))

@@ -11,7 +11,9 @@ Here each thread computes one output element and walks K alone, in steps of one 
 word (8 codes for 4-bit weights, unrolled), the word loaded once into a register. No barrier,
 no shared memory; the 64 threads of a workgroup take 64 consecutive weight rows and read the
 input row at the same addresses. Input rows map to ``blockIdx.y``. The dequantize producer is
-inlined and epilogues (cast, bias, residual) follow in registers.
+inlined and epilogues (cast, bias, residual) follow in registers. A ``gguf_f32`` producer reads
+several packed planes (a 4-bit low and a 1-bit high plane, say): the step is then the widest
+word's span (32 codes for a 1-bit plane), so every word of every plane is still loaded once.
 
 Measured on SwiftShader (SmolLM2-135M q4f32_1, 32-token prefill): 8.5 s, against 25-27 s for
 tiles of 8 input rows per thread (which load each weight word once for 8 rows: SwiftShader runs
@@ -28,7 +30,12 @@ from tvm.target import Target
 from webrt.compiler.schedules.util import find_nt_matmul, static_extent
 
 ROWS_PER_GROUP = 64  # weight rows (threads) per workgroup
-UNROLL = 8  # codes per packed 4-bit word
+UNROLL = 8  # codes per packed 4-bit word: the least step along K
+
+
+def _packed_word_counts(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> list[int]:
+    """Words per row of each packed (uint32) weight plane ``block`` reads."""
+    return [int(region.source.shape[-1]) for region in sch.get(block).reads if region.source.dtype == "uint32"]
 
 
 class RowPerThreadMatmul(dl.ScheduleRule):
@@ -44,13 +51,16 @@ class RowPerThreadMatmul(dl.ScheduleRule):
         main, epilogues = blocks.main, blocks.epilogues
         *spatial, k = sch.get_loops(main)
         k_extent = static_extent(sch, k)
-        if k_extent is None or k_extent % UNROLL:
+        if k_extent is None:
             return None
         if blocks.dequantize is not None:
             sch.compute_inline(blocks.dequantize)
+        unroll = max([UNROLL, *(k_extent // span for span in _packed_word_counts(sch, main))])
+        if k_extent % unroll:
+            return None
         rows = sch.fuse(*spatial[:-1])
         group, lane = sch.split(spatial[-1], [None, ROWS_PER_GROUP])
-        k_outer, k_inner = sch.split(k, [None, UNROLL])
+        k_outer, k_inner = sch.split(k, [None, unroll])
         sch.reorder(group, rows, lane, k_outer, k_inner)
         sch.bind(group, "blockIdx.x")
         sch.bind(rows, "blockIdx.y")
