@@ -94,3 +94,31 @@ def test_metadata_records_the_device(art: Any) -> None:
     # `_metadata` returns a string constant of the library: its JSON is in the data section
     assert b'"device": "wasm"' in art.libs["wasm"].read_bytes()
     assert b'"device": "webgpu"' in art.libs["webgpu"].read_bytes()
+
+
+# --- the record and the adapter, as the browser loader reads them (pure Python) -----------------
+
+
+def test_model_record_names_both_libraries() -> None:
+    from webrt.engine.config import ModelRecord
+
+    record = ModelRecord.from_dict({"model": "/m", "model_id": "m", "model_lib": "/gpu.wasm",
+                                    "model_lib_cpu": "/cpu.wasm"})
+    assert (record.model_lib, record.model_lib_cpu, record.device) == ("/gpu.wasm", "/cpu.wasm", "auto")
+    assert ModelRecord.from_dict({"model": "/m", "model_id": "m", "model_lib": "/gpu.wasm"}).model_lib_cpu is None
+    with pytest.raises(ModelConfigError, match="names no model_lib_cpu"):
+        ModelRecord.from_dict({"model": "/m", "model_id": "m", "model_lib": "/gpu.wasm", "device": "cpu"})
+    with pytest.raises(ModelConfigError, match="device must be one of"):
+        ModelRecord.from_dict({"model": "/m", "model_id": "m", "model_lib": "/gpu.wasm", "device": "gpu"})
+
+
+def test_fallback_adapter_is_read_from_info_or_the_older_attribute() -> None:
+    from webrt.wasm.webgpu.device import GPUInfo
+
+    class OldAdapter:
+        isFallbackAdapter = True
+
+    assert GPUInfo(None, None, frozenset(), {}, {"isFallbackAdapter": True}).is_fallback
+    assert GPUInfo(OldAdapter(), None, frozenset(), {}, {}).is_fallback
+    real = GPUInfo(object(), None, frozenset(), {}, {"vendor": "nvidia", "isFallbackAdapter": False})
+    assert not real.is_fallback and "fallback" not in real.description

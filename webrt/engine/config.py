@@ -75,12 +75,20 @@ class ChatOptions:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
+#: ``ModelRecord.device`` values: which browser library the loader uses.
+RECORD_DEVICES = ("auto", "webgpu", "cpu")
+
+
 @dataclass
 class ModelRecord:
     """One model an engine can load (WebLLM's ``ModelRecord``).
 
     ``model`` is where the weights and ``mlc-chat-config.json`` are (a URL in the browser, a
-    folder natively); ``model_lib`` the compiled library (``.wasm`` / ``.so``).
+    folder natively); ``model_lib`` the compiled library (``.wasm`` / ``.so``; in the browser the
+    WebGPU library, as in WebLLM). ``model_lib_cpu`` (webrt) is the browser's CPU library
+    (``webrt compile --device wasm``); with it, ``device`` picks the library: ``"auto"`` (the CPU
+    one when the page has no WebGPU adapter or only a fallback/software one), ``"webgpu"`` or
+    ``"cpu"``. Both libraries use the same weights.
     """
 
     model: str
@@ -92,6 +100,8 @@ class ModelRecord:
     buffer_size_required_bytes: int | None = None
     required_features: list[str] = field(default_factory=list)
     model_type: str | None = None
+    model_lib_cpu: str | None = None
+    device: str = "auto"
 
     # WebLLM's older field names
     _ALIASES = {"model_url": "model", "local_id": "model_id", "model_lib_url": "model_lib"}
@@ -120,6 +130,17 @@ class ModelRecord:
         values["overrides"] = ChatOptions.from_value(values.get("overrides"), f"overrides of {values['model_id']!r}")
         values["required_features"] = list(values.get("required_features") or [])
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.device not in RECORD_DEVICES:
+            raise ModelConfigError(f"model record {self.model_id!r}: device must be one of {RECORD_DEVICES}, "
+                                   f"got {self.device!r}")
+        if self.model_lib_cpu is not None and (not isinstance(self.model_lib_cpu, str) or not self.model_lib_cpu):
+            raise ModelConfigError(f"model record {self.model_id!r}: model_lib_cpu must be a non-empty string "
+                                   "(a library compiled with `webrt compile --device wasm`)")
+        if self.device == "cpu" and not self.model_lib_cpu:
+            raise ModelConfigError(f"model record {self.model_id!r} asks for device 'cpu' but names no "
+                                   "model_lib_cpu; compile one with `webrt compile --device wasm` and name it")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""webrt's browser runtime: TVM WebGPU model libraries (.wasm) hosted by pure Python on Pyodide.
+"""webrt's browser runtime: TVM model libraries (.wasm) hosted by pure Python on Pyodide: WebGPU
+libraries, and CPU libraries (``webrt compile --device wasm``) for pages without a usable adapter.
 
 Modules (all importable on CPython too; only calls into the browser need `js` / `pyodide`):
 
@@ -8,11 +9,14 @@ Modules (all importable on CPython too; only calls into the browser need `js` / 
 - `objects`: Object / Function / Module / Tensor / ShapeTuple / Array wrappers.
 - `instance`: instantiating the .wasm, calls both ways, errors and traps.
 - `webgpu/`: adapter/device, feature checks, TVM's WebGPU device API, kernels and launches.
-- `runtime`: the relax VM on WebGPU, pipeline creation with progress.
-- `weights`: tensor-cache records from fetched shards (JS buffers) onto the GPU.
-- `backend`: `WasmBackend`, the engine's `Backend` for the browser.
+- `runtime`: the relax VM on WebGPU, pipeline creation with progress; `open_vm` / `read_metadata`
+  (shared) refuse a library of the other kind (`LibraryDeviceError`).
+- `cpu`: `CPURuntime`, the relax VM of a CPU library on ``kDLCPU`` (tensors in wasm memory).
+- `weights`: tensor-cache records from fetched shards (JS buffers) onto the GPU or into wasm memory.
+- `backend`: `WasmBackend`, the engine's `Backend` for the browser (either kind of library).
 - `loader`: `WebGPUModelLoader`, the engine's `ModelLoader` for the browser (files through the
-  cache in `webrt.ndarray_cache`, device with the record's features, saved kernel list).
+  cache in `webrt.ndarray_cache`, device with the record's features, saved kernel list; the
+  record's CPU library ``model_lib_cpu`` without WebGPU or on a fallback adapter).
 - `js/`: ``boot.js`` and ``worker.js``, the page-side scripts that start Pyodide and unpack
   webrt's browser bundle (served at ``/runtime/`` by ``webrt serve``).
 

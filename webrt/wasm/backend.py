@@ -1,5 +1,6 @@
-"""The engine's `Backend` (webrt.engine.backend) on the browser runtime: a WebGPU `.wasm` model
-library plus its weights, driven from Pyodide.
+"""The engine's `Backend` (webrt.engine.backend) on the browser runtime: a `.wasm` model library
+plus its weights, driven from Pyodide. One class for both kinds of library: a WebGPU `Runtime`
+(tensors in GPU buffers) and a `webrt.wasm.cpu.CPURuntime` (tensors in wasm memory).
 
     backend = await WebGPUModelLoader(app_config).load(record, chat_config, None)   # wasm/loader.py
     runner = ModelRunner(backend, window)     # unchanged engine code
@@ -12,19 +13,23 @@ from a synchronous Python callback invoked by JS (an event handler): call the en
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from webrt.errors import ModelLibraryError
-from webrt.wasm.ffi import WEBGPU, DeviceType
+from webrt.wasm.ffi import DeviceType
 from webrt.wasm.objects import Function, ShapeTuple, Tensor
 from webrt.wasm.runtime import Runtime
 
+if TYPE_CHECKING:
+    from webrt.wasm.cpu import CPURuntime
+
 
 class WasmBackend:
-    """`Backend` over a `Runtime` (see module docstring)."""
+    """`Backend` over a `Runtime` or a `CPURuntime` (see module docstring)."""
 
-    def __init__(self, runtime: Runtime, params: Any):
+    def __init__(self, runtime: Runtime | CPURuntime, params: Any):
         self.runtime = runtime
+        self.device = runtime.device
         self.inst = runtime.inst
         self.metadata: dict[str, Any] = runtime.metadata
         self.params = params
@@ -58,10 +63,14 @@ class WasmBackend:
         return st
 
     def upload(self, data: bytes, shape: Sequence[int], dtype: str) -> Tensor:
-        tensor = self.inst.empty(shape, dtype, WEBGPU)
+        tensor = self.inst.empty(shape, dtype, self.device)
         if len(data) != tensor.nbytes:
             raise ValueError(f"{len(data)} bytes for a {tuple(shape)} {dtype} tensor ({tensor.nbytes} expected)")
-        if data:
+        if not data:
+            return tensor
+        if self.device.device_type == DeviceType.CPU:
+            self.inst.memory.write(tensor.data + tensor.byte_offset, data)
+        else:
             self.runtime.gpu_ctx.write_bytes(tensor.data, tensor.byte_offset, data, fresh=True)
         return tensor
 
@@ -85,7 +94,8 @@ class WasmBackend:
 
     def close(self) -> None:
         """Destroy every GPU buffer of the library (weights, KV cache pages, activations, staging) and
-        dispose of the instance; the backend cannot be used afterwards. Idempotent."""
+        dispose of the instance (a CPU library's tensors go with its memory); the backend cannot be
+        used afterwards. Idempotent."""
         if self.closed:
             return
         self.closed = True
@@ -97,4 +107,6 @@ class WasmBackend:
     # --- extras -------------------------------------------------------------------------------------
     @property
     def stats(self) -> Any:
-        return self.runtime.gpu_ctx.stats
+        """The WebGPU bridge's counters (`webrt.wasm.webgpu.Stats`); None for a CPU library."""
+        ctx = self.runtime.gpu_ctx
+        return None if ctx is None else ctx.stats

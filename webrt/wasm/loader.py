@@ -16,25 +16,43 @@ backend notices kernels launched for the first time and saves their names in the
 load creates only those, and any other kernel is still created on its first launch (TVM's
 lazy ``wasm.WebGPUCreateShader``), after which the saved list grows. Pipeline creation dominates
 load time on slow adapters (SwiftShader), so this is where a second load gains most.
+
+The CPU library: a record may also name ``model_lib_cpu``, a library compiled with
+``webrt compile --device wasm`` (wasm32+simd128 kernels, tensors in wasm memory; see
+`webrt.wasm.cpu`). `choose_library` picks it when the record (``device="cpu"``) or the loader
+(``WebGPUModelLoader(device="cpu")``) asks for it, or, with ``device="auto"``, when the page has
+no usable WebGPU: no ``navigator.gpu``, no adapter, a device without the record's required
+features, or a fallback (software) adapter (``GPUAdapter.info.isFallbackAdapter``; Chromium's
+SwiftShader is one, and a software GPU runs these models far slower than wasm on the same CPU).
+Without ``model_lib_cpu`` the loader uses ``model_lib`` on whatever adapter there is, as before.
+Both libraries read the same weights, through the same cache (the CPU library is cached under its
+own URL next to the WebGPU one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.engine.config import AppConfig, ModelRecord
 from webrt.engine.progress import InitProgressCallback, ProgressReporter
+from webrt.errors import FeatureNotSupportedError, ModelConfigError
 from webrt.ndarray_cache.artifact_cache import ArtifactCache
 from webrt.ndarray_cache.cache_helpers import library_url, model_base_url
-from webrt.ndarray_cache.urls import join_url
+from webrt.ndarray_cache.urls import absolute_url, join_url
 from webrt.wasm.backend import WasmBackend
+from webrt.wasm.cpu import CPURuntime
 from webrt.wasm.objects import Array
 from webrt.wasm.runtime import Runtime
 from webrt.wasm.webgpu.device import GPUInfo, request_device
 from webrt.wasm.weights import upload_params
+
+#: `LoaderChoice.library` values
+WEBGPU, CPU = "webgpu", "cpu"
+LOADER_DEVICES = ("auto", WEBGPU, CPU)
 
 #: Share of the progress bar for each phase (weights and pipelines run concurrently).
 _WEIGHTS_SHARE = 0.5
@@ -59,6 +77,22 @@ def _is_quantization_name(piece: str) -> bool:
         return False
     bits, _, float_bits = head[1:].partition("f")
     return bits.isdigit() and float_bits.isdigit()
+
+
+def cpu_library_url(record: ModelRecord, base: str | None = None) -> str:
+    """The absolute URL of a record's CPU library (``model_lib_cpu``)."""
+    if not record.model_lib_cpu:
+        raise ModelConfigError(f"model record {record.model_id!r} names no model_lib_cpu (a library compiled "
+                               "with `webrt compile --device wasm`)")
+    return absolute_url(record.model_lib_cpu, base)
+
+
+@dataclass(frozen=True)
+class LibraryChoice:
+    """Which library a load uses (`WEBGPU` or `CPU`) and why."""
+
+    library: str
+    reason: str
 
 
 class KernelTrackingBackend(WasmBackend):
@@ -107,11 +141,17 @@ class WebGPUModelLoader:
     """`ModelLoader` for Pyodide + WebGPU (see the module docstring)."""
 
     def __init__(self, app_config: AppConfig | None = None, *, cache_backend: str | None = None,
-                 concurrency: int = 4, use_kernel_list: bool = True, gpu: GPUInfo | None = None):
+                 concurrency: int = 4, use_kernel_list: bool = True, gpu: GPUInfo | None = None,
+                 device: str = "auto"):
+        if device not in LOADER_DEVICES:
+            raise ModelConfigError(f"device must be one of {LOADER_DEVICES}, got {device!r}")
         backend = cache_backend or (app_config.cache_backend if app_config is not None else "cache")
         self.cache = ArtifactCache(backend, concurrency)
         self.use_kernel_list = use_kernel_list
         self.gpu = gpu
+        #: "auto", "webgpu" or "cpu": which library to use when a record names both (the record's
+        #: own ``device`` wins when it is not "auto")
+        self.device = device
         #: timings and fetch statistics of the last `load`
         self.last_load: dict[str, Any] = {}
 
@@ -121,10 +161,20 @@ class WebGPUModelLoader:
         return await self.cache.fetch_text(store, join_url(model_base_url(record), filename))
 
     async def load(self, record: ModelRecord, chat_config: dict[str, Any],
-                   progress_callback: InitProgressCallback | None) -> KernelTrackingBackend:
+                   progress_callback: InitProgressCallback | None) -> WasmBackend:
         t0 = time.perf_counter()
         report = ProgressReporter(progress_callback)
-        gpu = await self.device(record.required_features, quantization_of(record, chat_config))
+        choice = await self.choose_library(record, chat_config)
+        if choice.library == CPU:
+            return await self._load_cpu(record, report, choice, t0)
+        try:
+            gpu = await self.gpu_device(record.required_features, quantization_of(record, chat_config))
+        except FeatureNotSupportedError as exc:
+            if record.model_lib_cpu:
+                raise
+            raise FeatureNotSupportedError(
+                f"{exc} Or give the model record a CPU library for pages without WebGPU: model_lib_cpu, "
+                "compiled with `webrt compile --device wasm`.") from exc
         wasm_url = library_url(record)
         report(0.01, f"Fetching the model library {wasm_url.rsplit('/', 1)[-1]}")
         wasm = await self.cache.fetch_library(wasm_url)
@@ -150,6 +200,8 @@ class WebGPUModelLoader:
         backend = KernelTrackingBackend(runtime, params, self.cache, wasm_url, int(wasm.byteLength), wanted or ())
         self.last_load = {
             "model_id": record.model_id,
+            "library": WEBGPU,
+            "reason": choice.reason,
             "library_s": t_wasm - t0,
             "instantiate_s": runtime.timings.get("instantiate_s", 0.0) + runtime.timings.get("vm_s", 0.0),
             "weights_s": runtime.timings.get("weights_s", 0.0),
@@ -163,8 +215,57 @@ class WebGPUModelLoader:
         }
         return backend
 
+    async def _load_cpu(self, record: ModelRecord, report: ProgressReporter, choice: LibraryChoice,
+                        t0: float) -> WasmBackend:
+        """The CPU library (``model_lib_cpu``) and the weights into its memory."""
+        url = cpu_library_url(record)
+        report(0.01, f"Fetching the CPU model library {url.rsplit('/', 1)[-1]} ({choice.reason})")
+        wasm = await self.cache.fetch_library(url)
+        t_wasm = time.perf_counter()
+        runtime = await CPURuntime.load(wasm)
+        progress = report.phases({"weights": 1.0}, 0.05, 0.99)
+        try:
+            params = await self._load_params(runtime, model_base_url(record), progress["weights"])
+        except BaseException:
+            runtime.dispose()
+            raise
+        self.last_load = {
+            "model_id": record.model_id,
+            "library": CPU,
+            "reason": choice.reason,
+            "library_s": t_wasm - t0,
+            "instantiate_s": runtime.timings.get("instantiate_s", 0.0) + runtime.timings.get("vm_s", 0.0),
+            "weights_s": runtime.timings.get("weights_s", 0.0),
+            "memory_bytes": runtime.memory_bytes,
+            "load_s": time.perf_counter() - t0,
+            "fetch": self.cache.stats.to_json(),
+        }
+        return WasmBackend(runtime, params)
+
     # --- parts --------------------------------------------------------------------------------
-    async def device(self, required_features: Sequence[str] = (), quantization: str | None = None) -> GPUInfo:
+    async def choose_library(self, record: ModelRecord, chat_config: dict[str, Any] | None = None) -> LibraryChoice:
+        """The library to load for `record` (see the module docstring); requests the WebGPU device
+        when it has to look at the adapter (kept for the WebGPU load that follows)."""
+        wanted = record.device if record.device != "auto" else self.device
+        if not record.model_lib_cpu:
+            if wanted == CPU:
+                raise ModelConfigError(f"the loader asks for the CPU library, but model record {record.model_id!r} "
+                                       "names no model_lib_cpu; compile one with `webrt compile --device wasm`")
+            return LibraryChoice(WEBGPU, "the record names no model_lib_cpu")
+        if wanted == CPU:
+            return LibraryChoice(CPU, "asked for the CPU library")
+        if wanted == WEBGPU:
+            return LibraryChoice(WEBGPU, "asked for the WebGPU library")
+        quantization = quantization_of(record, chat_config or {})
+        try:
+            gpu = await self.gpu_device(record.required_features, quantization)
+        except FeatureNotSupportedError as exc:
+            return LibraryChoice(CPU, f"no usable WebGPU: {str(exc).splitlines()[0]}")
+        if gpu.is_fallback:
+            return LibraryChoice(CPU, f"the WebGPU adapter is a fallback adapter ({gpu.description})")
+        return LibraryChoice(WEBGPU, f"WebGPU adapter {gpu.description}")
+
+    async def gpu_device(self, required_features: Sequence[str] = (), quantization: str | None = None) -> GPUInfo:
         """The loader's device, (re)requested when it is lost or lacks a required feature."""
         gpu = self.gpu
         if gpu is None or gpu.lost or any(f not in gpu.features for f in required_features):
@@ -172,8 +273,9 @@ class WebGPUModelLoader:
             self.gpu = gpu
         return gpu
 
-    async def _load_params(self, runtime: Runtime, base_url: str, progress: Any) -> Array:
-        """Weights from the cache (or network) straight to the GPU; the packed parameter array."""
+    async def _load_params(self, runtime: Runtime | CPURuntime, base_url: str, progress: Any) -> Array:
+        """Weights from the cache (or network) straight to the device (GPU buffers or wasm memory);
+        the packed parameter array."""
         t0 = time.perf_counter()
         index = await self.cache.fetch_index(base_url)
         names = runtime.param_names

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 from webrt.engine.progress import InitProgressCallback, InitProgressReport
 from webrt.errors import ModelLibraryError
-from webrt.wasm.ffi import AllocatorKind, DeviceType
+from webrt.wasm.ffi import WEBGPU, AllocatorKind, Device, DeviceType
 from webrt.wasm.instance import Instance
 from webrt.wasm.objects import Module
 from webrt.wasm.webgpu.context import WebGPUContext
@@ -45,8 +45,67 @@ from webrt.wasm.webgpu.device_api import register_device_api
 from webrt.wasm.webgpu.features import check_library
 
 
+#: `_metadata()["webrt"]["device"]` of the two kinds of browser library (`webrt compile --device`).
+WEBGPU_LIBRARY, CPU_LIBRARY = "webgpu", "wasm"
+
+
+class LibraryDeviceError(ModelLibraryError):
+    """A model library compiled for another device than the path loading it (a CPU ``--device
+    wasm`` library handed to the WebGPU path, or a WebGPU library to the CPU path)."""
+
+
+def open_vm(inst: Instance, device_type: int, expect: str) -> Module:
+    """The relax VM of `inst`'s system library, initialised on `device_type` (CPU host), with
+    pooled allocators (WebLLM's arguments). `expect` is the library kind the caller can run
+    (`WEBGPU_LIBRARY` or `CPU_LIBRARY`); the other kind raises LibraryDeviceError before the VM
+    is initialised (initialising it on a device the library has no runtime for would abort the
+    instance, and a WebGPU library cannot even create its system library without the WebGPU
+    device API registered)."""
+    # TVM's WebGPU runtime (webgpu_runtime.cc) registers `device_api.webgpu` when the instance
+    # starts; a CPU library is linked without it (webrt.compiler.linking.web_runtime.CPU_RUNTIME_OBJECTS).
+    has_webgpu = inst.get_global("device_api.webgpu") is not None
+    if expect == WEBGPU_LIBRARY and not has_webgpu:
+        raise LibraryDeviceError(
+            "this model library has no WebGPU kernels: it is a CPU library (`webrt compile --device wasm`). "
+            "Name it as the ModelRecord's model_lib_cpu (model_lib is the WebGPU library), or compile "
+            "one with `webrt compile --device webgpu`.")
+    if expect == CPU_LIBRARY and has_webgpu:
+        raise LibraryDeviceError(
+            "this model library is a WebGPU library; the CPU path needs one compiled with "
+            "`webrt compile --device wasm` (name it as the ModelRecord's model_lib_cpu).")
+    system_lib = inst.system_lib()
+    loader = system_lib.get_function("vm_load_executable")
+    if loader is None:
+        raise ModelLibraryError("the .wasm has no vm_load_executable: it is not a relax VM model library.")
+    vm: Module = loader()
+    init = vm.get_function("vm_initialization")
+    if init is None:
+        raise ModelLibraryError("the VM module has no vm_initialization")
+    init(device_type, 0, AllocatorKind.POOLED, DeviceType.CPU, 0, AllocatorKind.POOLED)
+    return vm
+
+
+def read_metadata(vm: Module, expect: str) -> dict[str, Any]:
+    """`_metadata()` of the library, parsed; LibraryDeviceError if its ``webrt.device`` names the
+    other kind of library (MLC's libraries have no ``webrt`` block and pass)."""
+    meta_fn = vm.get_function("_metadata")
+    if meta_fn is None:
+        raise ModelLibraryError("the model library has no _metadata function; it is not a webrt/MLC model "
+                                "library (recompile it with `webrt compile`).")
+    metadata = json.loads(meta_fn())
+    device = (metadata.get("webrt") or {}).get("device")
+    if device is not None and device != expect:
+        raise LibraryDeviceError(
+            f"the model library was compiled with `--device {device}`, but this path runs `--device {expect}` "
+            f"libraries; recompile it with `webrt compile --device {expect}`.")
+    return metadata
+
+
 class Runtime:
     """A model library instance with its WebGPU context and relax VM."""
+
+    #: the device of the VM's tensors (`webrt.wasm.cpu.CPURuntime` has CPU)
+    device: Device = WEBGPU
 
     def __init__(self, inst: Instance, gpu: GPUInfo, gpu_ctx: WebGPUContext, vm: Module, metadata: dict[str, Any]):
         self.inst, self.gpu, self.gpu_ctx, self.vm, self.metadata = inst, gpu, gpu_ctx, vm, metadata
@@ -59,22 +118,14 @@ class Runtime:
         inst = await Instance.create(wasm)
         t1 = time.perf_counter()
         ctx = WebGPUContext(gpu, inst.memory)
-        register_device_api(inst, ctx)
-        system_lib = inst.system_lib()
-        loader = system_lib.get_function("vm_load_executable")
-        if loader is None:
-            raise ModelLibraryError("the .wasm has no vm_load_executable: it is not a relax VM model library.")
-        vm: Module = loader()
-        init = vm.get_function("vm_initialization")
-        if init is None:
-            raise ModelLibraryError("the VM module has no vm_initialization")
-        # WebGPU device + pooled allocator, CPU host + pooled allocator (WebLLM's arguments)
-        init(DeviceType.WEBGPU, 0, AllocatorKind.POOLED, DeviceType.CPU, 0, AllocatorKind.POOLED)
-        meta_fn = vm.get_function("_metadata")
-        if meta_fn is None:
-            raise ModelLibraryError("the model library has no _metadata function; it is not a webrt/MLC model "
-                                    "library (recompile it with `webrt compile`).")
-        metadata = json.loads(meta_fn())
+        try:
+            register_device_api(inst, ctx)
+            vm = open_vm(inst, DeviceType.WEBGPU, WEBGPU_LIBRARY)
+            metadata = read_metadata(vm, WEBGPU_LIBRARY)
+        except BaseException:
+            ctx.dispose()
+            inst.dispose()
+            raise
         if check:
             check_library(metadata, gpu)
         rt = cls(inst, gpu, ctx, vm, metadata)

@@ -1,4 +1,5 @@
-"""Weights onto the GPU: tensor-cache records from JS ArrayBuffers into new device tensors.
+"""Weights onto the device: tensor-cache records from JS ArrayBuffers into new device tensors
+(GPU buffers for a WebGPU library, wasm memory for a CPU one).
 
 The shards themselves come from `webrt.ndarray_cache.artifact_cache.ArtifactCache` (fetched
 through the browser cache, verified); `upload_record` writes one record from a shard's buffer
@@ -49,9 +50,11 @@ def upload_record(runtime: Any, record: TensorRecord, shard_data: Any, device: D
 
 
 async def upload_params(runtime: Any, names: Sequence[str], shards: AsyncIterable[tuple[ShardRecord, Any]]) -> Array:
-    """Upload the tensors `names` from each `(shard, JS ArrayBuffer)` to the GPU; return the packed
-    parameter array (`vm.builtin.param_array_from_cache_by_name`)."""
+    """Upload the tensors `names` from each `(shard, JS ArrayBuffer)` to `runtime.device` (the GPU,
+    or wasm memory for a `webrt.wasm.cpu.CPURuntime`); return the packed parameter array
+    (`vm.builtin.param_array_from_cache_by_name`)."""
     wanted = set(names)
+    device = getattr(runtime, "device", WEBGPU)
     inst = runtime.inst
     update = inst.global_function("vm.builtin.tensor_cache.update")
     clear = inst.global_function("vm.builtin.tensor_cache.clear")
@@ -59,8 +62,9 @@ async def upload_params(runtime: Any, names: Sequence[str], shards: AsyncIterabl
     async for shard, data in shards:
         for record in shard.records:
             if record.name in wanted:
-                update(record.name, upload_record(runtime, record, data), True)
+                update(record.name, upload_record(runtime, record, data, device), True)
     params = inst.global_function("vm.builtin.param_array_from_cache_by_name")(list(names))
     clear()
-    runtime.gpu_ctx.flush()
+    if runtime.gpu_ctx is not None:
+        runtime.gpu_ctx.flush()
     return params

@@ -60,11 +60,19 @@ class GPUInfo:
     listeners: list[Any] = field(default_factory=list, repr=False)
 
     @property
+    def is_fallback(self) -> bool:
+        """Whether the adapter is a fallback (software) one: ``GPUAdapter.info.isFallbackAdapter``,
+        or the older ``GPUAdapter.isFallbackAdapter``. Chromium's SwiftShader is one."""
+        if self.info.get("isFallbackAdapter"):
+            return True
+        return bool(getattr(self.adapter, "isFallbackAdapter", False))
+
+    @property
     def description(self) -> str:
         i = self.info
         parts = [i.get("vendor"), i.get("architecture"), i.get("description")]
         name = " ".join(p for p in parts if p) or "unknown adapter"
-        return name + (" (fallback adapter)" if i.get("isFallbackAdapter") else "")
+        return name + (" (fallback adapter)" if self.is_fallback else "")
 
 
 def _js_dict(obj: Any, keys: Iterable[str]) -> dict[str, Any]:

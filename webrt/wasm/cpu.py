@@ -1,0 +1,75 @@
+"""A CPU model library (``webrt compile --device wasm``) in the browser: no WebGPU at all.
+
+The library's kernels are wasm32+simd128 code compiled by TVM's LLVM backend (the same CPU
+pipeline and schedules as the native ``--device cpu`` library), linked with TVM's web runtime
+objects without ``webgpu_runtime``. The host is the same as for a WebGPU library: the instance,
+FFI, WASI and VM objects of `webrt.wasm`, with the VM initialised on the CPU (``kDLCPU``): every
+tensor (weights, KV cache pages, activations, logits) lives in the instance's linear memory, so
+uploads are memory writes and downloads are memory reads (no readback to wait for: `download`
+works from any Python frame, JSPI or not).
+
+    runtime = await CPURuntime.load(wasm_bytes)           # instantiate, VM on the CPU, metadata
+    params = await upload_params(runtime, runtime.param_names, shards)   # webrt.wasm.weights
+    backend = WasmBackend(runtime, params)                 # the engine's Backend, as on WebGPU
+
+Threads: TVM's web runtime runs parallel loops serially (`TVMBackendParallelLaunch` in
+``web/emcc/wasm_runtime.cc`` runs one task), so the library is single-threaded unless the host
+provides threads. Measured on SmolLM2 q4f32_1 under TVM's JS runtime in headless Chromium 156 (one
+thread): 58 ms/token; llama.cpp's wasm build (wllama) decodes the same GGUF at 62 ms/token on one
+thread, 35 on two.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from webrt.wasm.ffi import CPU, Device, DeviceType
+from webrt.wasm.instance import Instance
+from webrt.wasm.objects import Module
+from webrt.wasm.runtime import CPU_LIBRARY, open_vm, read_metadata
+
+
+class CPURuntime:
+    """A CPU model library instance with its relax VM on ``kDLCPU`` (the WebGPU `Runtime`'s sibling)."""
+
+    #: the device of the VM's tensors
+    device: Device = CPU
+    #: no WebGPU context: tensors live in wasm memory
+    gpu_ctx: None = None
+
+    def __init__(self, inst: Instance, vm: Module, metadata: dict[str, Any]):
+        self.inst, self.vm, self.metadata = inst, vm, metadata
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    async def load(cls, wasm: Any) -> CPURuntime:
+        """Instantiate `wasm` (a ``--device wasm`` library) and create its VM on the CPU.
+
+        A WebGPU library raises `webrt.wasm.runtime.LibraryDeviceError` naming the CPU build."""
+        t0 = time.perf_counter()
+        inst = await Instance.create(wasm)
+        t1 = time.perf_counter()
+        try:
+            vm = open_vm(inst, DeviceType.CPU, CPU_LIBRARY)
+            metadata = read_metadata(vm, CPU_LIBRARY)
+        except BaseException:
+            inst.dispose()
+            raise
+        rt = cls(inst, vm, metadata)
+        rt.timings["instantiate_s"] = t1 - t0
+        rt.timings["vm_s"] = time.perf_counter() - t1
+        return rt
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p["name"] for p in self.metadata.get("params", [])]
+
+    @property
+    def memory_bytes(self) -> int:
+        """The size of the instance's linear memory now (weights + KV cache + activations)."""
+        return int(self.inst.memory.size)
+
+    def dispose(self) -> None:
+        """Release the instance (its memory goes with it when JS drops the instance)."""
+        self.inst.dispose()
