@@ -1,0 +1,194 @@
+"""The CPU model library (``webrt compile --device wasm``) in headless Chromium, through webrt's
+Python host on Pyodide, against the native CPU library.
+
+The tiny random Llama (q0f32) is compiled for cpu (.so), webgpu and wasm. One page (a module
+worker, as the product runs) loads a ModelRecord that names both browser libraries
+(``model_lib`` = WebGPU, ``model_lib_cpu`` = CPU) with `WebGPUModelLoader`:
+
+- Chromium's only adapter here is SwiftShader, which reports ``info.isFallbackAdapter = true``
+  (checked in this Chromium 156), so the loader picks the CPU library; the unchanged
+  `ModelRunner` prefills a prompt and greedily decodes 8 tokens through the paged KV cache, with
+  every tensor in wasm memory. Same steps natively with `NativeBackend` on the .so.
+- The Engine (same loader, same page) answers a chat greedily; the native Engine on the .so gives
+  the same reply.
+- With ``navigator.gpu`` made undefined in the worker (WebGPU unavailable), the loader picks the
+  CPU library too; a library handed to the wrong path raises LibraryDeviceError.
+
+Tolerance: both sides run the same TIR on the CPU in fp32; they differ in vector width (wasm
+simd128 against the host's AVX) and in libm (exp, sin/cos of RoPE, rsqrt), i.e. by fp32 rounding
+in reduction order: logits within 1e-3 (a wrong kernel or KV page moves them by O(0.1)), and
+identical greedy tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+import pyodide_util
+from test_wasm_cpu_library import tiny_wasm_artifacts
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+PROMPT = [5, 17, 42, 100, 7, 250, 3, 9, 64, 128, 11]
+DECODE_STEPS = 8
+LOGIT_ATOL = 1e-3
+MESSAGES = [{"role": "user", "content": "Paris is the capital of"}]
+MAX_TOKENS = 12
+
+BROWSER = r"""
+import asyncio, json, time
+import js
+from webrt.engine import AppConfig, Engine
+from webrt.engine.config import ModelRecord
+from webrt.engine.model_runner import ModelRunner, WindowConfig
+from webrt.wasm.cpu import CPURuntime
+from webrt.wasm.loader import WebGPUModelLoader
+from webrt.wasm.runtime import LibraryDeviceError, Runtime
+
+RECORD = {"model": "/models/tiny", "model_id": "tiny", "model_lib": "/lib/%(gpu_lib)s",
+          "model_lib_cpu": "/lib/%(cpu_lib)s"}
+CFG = AppConfig.from_dict({"model_list": [RECORD]})
+out = {}
+
+async def runner_steps():
+    loader = WebGPUModelLoader(CFG)
+    record = CFG.find("tiny")
+    cfg = json.loads(await loader.read_text(record, "mlc-chat-config.json"))
+    backend = await loader.load(record, cfg, None)
+    out["adapter_fallback"] = loader.gpu.is_fallback
+    out["last_load"] = {k: v for k, v in loader.last_load.items() if k != "fetch"}
+    out["device_type"] = backend.device.device_type
+    out["stats"] = backend.stats
+    window = WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"], cfg["attention_sink_size"],
+                          cfg["prefill_chunk_size"])
+    runner = ModelRunner(backend, window)
+    logits = runner.prefill(%(prompt)s)
+    out["logits"], out["tokens"] = [runner.logits_to_list(logits)], [runner.argmax(logits)]
+    t0 = time.perf_counter()
+    for _ in range(%(steps)d):
+        logits = runner.decode(out["tokens"][-1])
+        out["logits"].append(runner.logits_to_list(logits))
+        out["tokens"].append(runner.argmax(logits))
+    out["decode_ms"] = (time.perf_counter() - t0) * 1e3 / %(steps)d
+    backend.close()
+
+async def engine_reply():
+    loader = WebGPUModelLoader(CFG)
+    engine = Engine(CFG, loader=loader)
+    await engine.reload("tiny")
+    reply = await engine.chat.completions.create(messages=%(messages)s, temperature=0, max_tokens=%(max_tokens)d)
+    out["engine_library"] = loader.last_load["library"]
+    out["text"] = reply.choices[0].message.content
+    await engine.unload()
+
+async def wrong_paths():
+    lib = lambda name: js.fetch("/lib/" + name)
+    gpu_wasm = await (await lib("%(gpu_lib)s")).arrayBuffer()
+    cpu_wasm = await (await lib("%(cpu_lib)s")).arrayBuffer()
+    try:
+        await CPURuntime.load(gpu_wasm)
+    except LibraryDeviceError as exc:
+        out["webgpu_on_cpu_path"] = str(exc)
+    loader = WebGPUModelLoader(CFG, device="webgpu")
+    try:
+        await Runtime.load(cpu_wasm, await loader.gpu_device())
+    except LibraryDeviceError as exc:
+        out["cpu_on_webgpu_path"] = str(exc)
+
+async def without_webgpu():
+    js.eval("Object.defineProperty(self.navigator, 'gpu', {value: undefined, configurable: true})")
+    choice = await WebGPUModelLoader(CFG).choose_library(CFG.find("tiny"))
+    out["no_webgpu"] = [choice.library, choice.reason]
+
+"""
+
+
+def native_reference(art: Any) -> dict[str, Any]:
+    """Runner steps and the Engine's greedy reply with the CPU .so on TVM's runtime."""
+    from webrt.engine import AppConfig, Engine
+    from webrt.engine.model_runner import ModelRunner, WindowConfig
+    from webrt.native.backend import NativeBackend
+
+    cfg = art.chat_config
+    window = WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"], cfg["attention_sink_size"],
+                          cfg["prefill_chunk_size"])
+    runner = ModelRunner(NativeBackend(art.model_dir, art.libs["cpu"]), window)
+    logits = runner.prefill(PROMPT)
+    out: dict[str, Any] = {"logits": [runner.logits_to_list(logits)], "tokens": [runner.argmax(logits)]}
+    for _ in range(DECODE_STEPS):
+        logits = runner.decode(out["tokens"][-1])
+        out["logits"].append(runner.logits_to_list(logits))
+        out["tokens"].append(runner.argmax(logits))
+
+    async def chat() -> str:
+        engine = Engine(AppConfig([{"model": str(art.model_dir), "model_id": "tiny", "model_lib": str(art.libs["cpu"])}]))
+        await engine.reload("tiny")
+        reply = await engine.chat.completions.create(messages=MESSAGES, temperature=0, max_tokens=MAX_TOKENS)
+        return reply.choices[0].message.content
+
+    out["text"] = asyncio.run(chat())
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, Any]:
+    if not pyodide_util.pyodide_available():
+        pytest.skip("chromium, playwright or npm pyodide is not installed")
+    art = tiny_wasm_artifacts()
+    code = BROWSER % {"gpu_lib": art.libs["webgpu"].name, "cpu_lib": art.libs["wasm"].name,
+                      "prompt": json.dumps(PROMPT), "steps": DECODE_STEPS, "messages": json.dumps(MESSAGES),
+                      "max_tokens": MAX_TOKENS}
+    routes = {"/models/tiny/resolve/main/": art.model_dir, "/lib/": art.libs["wasm"].parent}
+    with pyodide_util.PyodidePage(routes, worker=True) as page:
+        page.run(code)
+        page.run("await asyncio.create_task(runner_steps())\nawait asyncio.create_task(engine_reply())",
+                 timeout_s=300)
+        lib_requests = [p for p in page.server.requests if p.startswith("/lib/")]
+        browser = page.run("await asyncio.create_task(wrong_paths())\n"
+                           "await asyncio.create_task(without_webgpu())\nout", timeout_s=120)
+        browser["lib_requests"] = lib_requests
+    return {"browser": browser, "native": native_reference(art), "vocab": art.chat_config["vocab_size"]}
+
+
+def test_fallback_adapter_picks_the_cpu_library(runs: dict[str, Any]) -> None:
+    b = runs["browser"]
+    assert b["adapter_fallback"] is True  # SwiftShader
+    assert b["last_load"]["library"] == "cpu" and "fallback adapter" in b["last_load"]["reason"]
+    assert b["device_type"] == 1 and b["stats"] is None  # kDLCPU, no WebGPU bridge
+    assert b["engine_library"] == "cpu"
+    # both loads fetched only the CPU library, the second from Cache Storage
+    assert b["lib_requests"] == ["/lib/lib-wasm.wasm"]
+
+
+def test_runner_logits_match_the_native_cpu_library(runs: dict[str, Any]) -> None:
+    b, n = runs["browser"], runs["native"]
+    assert b["tokens"] == n["tokens"]
+    assert len(b["logits"]) == len(n["logits"]) == DECODE_STEPS + 1
+    worst = 0.0
+    for step, (x, y) in enumerate(zip(b["logits"], n["logits"], strict=True)):
+        assert len(x) == len(y) == runs["vocab"]
+        err = max(abs(p - q) for p, q in zip(x, y, strict=True))
+        worst = max(worst, err)
+        assert err <= LOGIT_ATOL, f"step {step}: max |logit diff| {err:.3g}"
+    print(f"\nwasm CPU library vs native CPU library: max |logit diff| {worst:.3g} over {DECODE_STEPS + 1} steps; "
+          f"decode {b['decode_ms']:.1f} ms/token (tiny model, Python host); load {b['last_load']}")
+
+
+def test_engine_greedy_reply_equals_native(runs: dict[str, Any]) -> None:
+    assert runs["browser"]["text"] == runs["native"]["text"]
+    assert runs["native"]["text"]
+
+
+def test_without_webgpu_the_loader_picks_the_cpu_library(runs: dict[str, Any]) -> None:
+    library, reason = runs["browser"]["no_webgpu"]
+    assert library == "cpu" and "navigator.gpu is undefined" in reason
+
+
+def test_a_library_on_the_wrong_path_is_a_typed_error(runs: dict[str, Any]) -> None:
+    b = runs["browser"]
+    assert "--device wasm" in b["webgpu_on_cpu_path"]
+    assert "model_lib_cpu" in b["cpu_on_webgpu_path"]
