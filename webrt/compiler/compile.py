@@ -14,9 +14,10 @@ from typing import Any
 
 from webrt.compiler.build import DEVICES, WASM_DEVICES, build_executable, export_model, make_target
 from webrt.compiler.gen_config import load_chat_config
+from webrt.compiler.output import check_output_file
 from webrt.compiler.quantization import get_quantization
 from webrt.errors import ModelConfigError
-from webrt.models.config import TransformerConfig
+from webrt.models.config import TransformerConfig, check_windows
 from webrt.models.registry import architecture_for_hf
 
 OVERRIDABLE = {
@@ -54,6 +55,10 @@ def model_config_for(chat_config: dict[str, Any], overrides: dict[str, int]) -> 
         "prefill_chunk_size": chat_config["prefill_chunk_size"],
     }
     values.update({k: v for k, v in overrides.items() if k in values})
+    check_windows(values["context_window_size"], values["sliding_window_size"], values["prefill_chunk_size"],
+                  overrides.get("attention_sink_size", chat_config.get("attention_sink_size", -1)),
+                  "the chat config's window fields and --overrides (context_window_size, sliding_window_size, "
+                  "prefill_chunk_size, attention_sink_size)")
     if values["context_window_size"] == -1 and values["sliding_window_size"] == -1:
         raise ModelConfigError("either context_window_size or sliding_window_size must be positive")
     window = values["sliding_window_size"] if values["sliding_window_size"] > 0 else values["context_window_size"]
@@ -78,6 +83,8 @@ def compile_model(
     """Build the library and write it to ``output`` (atomically). Returns the path."""
     if device not in DEVICES:
         raise ModelConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if not Path(output).is_dir():
+        check_output_file(output)  # a bad output path fails now, not after the build
     chat_config = load_chat_config(chat_config_path)
     quant = get_quantization(chat_config["quantization"])
     if quant.keeps_gguf:

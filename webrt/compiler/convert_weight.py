@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from webrt.compiler.output import staged_output_dir
+from webrt.compiler.output import check_output_dir, staged_output_dir
 from webrt.compiler.quantization import Quantization, get_quantization
 from webrt.compiler.sources import WeightSource, open_source
 from webrt.compiler.weights import convert_params, source_names
@@ -72,7 +72,12 @@ def _check_complete(source: WeightSource, params: list[tuple[str, tuple[int, ...
 
 
 def convert_weight(source_path: str | Path, quantization: str, output: str | Path, show_progress: bool = True) -> TensorCacheIndex:
-    """Convert and quantize weights into ``output`` (tensor-cache.json + params_shard_*.bin)."""
+    """Convert and quantize weights into ``output`` (tensor-cache.json + params_shard_*.bin).
+
+    ``output`` may hold other files (gen_config's, libraries): they stay. An earlier conversion's
+    shards and index there are replaced, and its shards the new index does not name are deleted.
+    """
+    check_output_dir(output)  # a bad output path fails now, not after the conversion
     quant = get_quantization(quantization)
     source = open_source(source_path)
     try:
@@ -95,7 +100,7 @@ def convert_weight(source_path: str | Path, quantization: str, output: str | Pat
                 bar.set_postfix_str(name[-40:], refresh=False)
                 yield name, value.shape, str(value.dtype), value
 
-        with staged_output_dir(output) as staging:
+        with staged_output_dir(output, replaces=("params_shard_*.bin", *INDEX_NAMES)) as staging:
             index = write_tensor_cache(staging, tensors(), logical_param_count=logical)
             if quant.keeps_gguf:
                 index = _write_formats(staging, index, quant)

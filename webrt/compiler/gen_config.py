@@ -19,6 +19,14 @@ a reply; 0.7 sharpens the distribution and top_p 0.95 drops the last 5% of the m
 replies still vary with the seed. Repetition penalties change what the model was trained to
 predict, so none is applied unless the model asks for one. ``top_k`` is recorded when the source
 gives one, but the engine samples with temperature and top-p only and does not apply it.
+
+Window limits (checked here and again by ``webrt compile`` after ``--overrides``, typed
+ModelConfigError naming the flag): exactly one of ``context_window_size`` and
+``sliding_window_size`` is positive (the other -1), at most ``MAX_CONTEXT_WINDOW`` = 2**20
+(1,048,576) tokens; a model whose ``max_position_embeddings`` is larger needs an explicit
+``--context-window-size``. ``prefill_chunk_size`` is 1..2**20 (clipped to the window);
+``attention_sink_size`` is -1 (none) or 0..window-1. The output folder is checked before any work
+(:mod:`webrt.compiler.output`).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from typing import Any
 
 from webrt import __version__
 from webrt.chat_config import CHAT_CONFIG_FILE
-from webrt.compiler.output import staged_output_dir
+from webrt.compiler.output import check_output_dir, staged_output_dir
 from webrt.compiler.quantization import get_quantization
 from webrt.compiler.sources import GGUFSource, open_source
 from webrt.conversation import Conversation, get_conv_template
@@ -43,7 +51,7 @@ from webrt.conversation.model_template import (
     template_text,
 )
 from webrt.errors import ModelConfigError
-from webrt.models.config import TransformerConfig
+from webrt.models.config import MAX_CONTEXT_WINDOW, TransformerConfig, check_int, check_windows
 from webrt.models.registry import architecture_for_hf
 
 TOKENIZER_FILES = (
@@ -247,6 +255,12 @@ def gen_config(
     attention_sink_size: int | None = None,
 ) -> dict[str, Any]:
     """Write mlc-chat-config.json plus tokenizer files into ``output``; return the config."""
+    check_output_dir(output)  # a bad output path fails now, not after the work
+    for name, value, low in (("context_window_size", context_window_size, 1),
+                             ("sliding_window_size", sliding_window_size, 1),
+                             ("prefill_chunk_size", prefill_chunk_size, 1), ("attention_sink_size", attention_sink_size, 0)):
+        if value is not None:  # the flags alone, before any work (the window's own checks come later)
+            check_int(value, name, f"--{name.replace('_', '-')}", low, MAX_CONTEXT_WINDOW, allowed=(-1,))
     quant = get_quantization(quantization)
     conv = get_conv_template(conv_template)
     source_path = Path(source_path)
@@ -257,9 +271,14 @@ def gen_config(
         model_type = architecture_for_hf(config.architecture).model_type
         context, sliding, sink = _window_settings(config, context_window_size, sliding_window_size, attention_sink_size)
         window = sliding if sliding > 0 else context
-        chunk = prefill_chunk_size or min(window, DEFAULT_PREFILL_CHUNK)
-        if chunk <= 0:
-            raise ModelConfigError(f"prefill_chunk_size must be positive, got {chunk}")
+        chunk = min(window, DEFAULT_PREFILL_CHUNK) if prefill_chunk_size is None else prefill_chunk_size
+        if context_window_size is None and context > MAX_CONTEXT_WINDOW:
+            raise ModelConfigError(
+                f"the model's max_position_embeddings is {context}, above webrt's largest context window "
+                f"({MAX_CONTEXT_WINDOW}); pass --context-window-size N (N <= {MAX_CONTEXT_WINDOW}).")
+        context, sliding, chunk, sink = check_windows(context, sliding, chunk, sink, "gen_config's window flags "
+                                                      "(--context-window-size, --sliding-window-size, "
+                                                      "--prefill-chunk-size, --attention-sink-size)")
         config = config.override(
             context_window_size=context, sliding_window_size=sliding, prefill_chunk_size=min(chunk, window)
         )

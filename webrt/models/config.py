@@ -9,10 +9,21 @@ It reads a Hugging Face ``config.json`` dict (``rope_theta`` or transformers-5
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from webrt.errors import ModelConfigError
+
+
+#: The largest context / sliding window webrt builds or accepts (2**20 = 1,048,576 tokens): a KV
+#: cache beyond it does not fit a browser or a test machine (a 135M model needs ~24 GB at 2**20).
+MAX_CONTEXT_WINDOW = 2**20
+#: Sanity bound for the other sizes of config.json (vocabulary, hidden size, layers, heads, ...).
+MAX_DIMENSION = 2**31 - 1
+#: ``max_position_embeddings`` may exceed MAX_CONTEXT_WINDOW (gen_config then asks for a smaller
+#: ``--context-window-size``), but not this (positions are int32 in the compiled library).
+MAX_POSITIONS = 2**31 - 1
 
 
 def _require(d: dict[str, Any], *names: str, where: str) -> Any:
@@ -23,20 +34,77 @@ def _require(d: dict[str, Any], *names: str, where: str) -> Any:
     raise ModelConfigError(f"{where} has no {' / '.join(repr(n) for n in names)}; add it to the config.")
 
 
-def _rope_settings(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+def _first_name(d: dict[str, Any], *names: str) -> str:
+    return next((n for n in names if d.get(n) is not None), names[0])
+
+
+def check_int(value: Any, name: str, where: str, low: int = 1, high: int = MAX_DIMENSION,
+              allowed: tuple[int, ...] = ()) -> int:
+    """``value`` as an int in ``[low, high]`` (or one of ``allowed``); a bool, a fraction, a string or
+    an out-of-range number is a ModelConfigError naming the field, the value and the fix."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        value, ok = int(value), True  # JSON writers sometimes write 2048.0
+    if not ok:
+        raise ModelConfigError(f"{where}: {name} must be an integer, got {value!r}; fix {name} in {where}.")
+    if value in allowed:
+        return value
+    if not low <= value <= high:
+        also = f" (or {' / '.join(map(str, allowed))})" if allowed else ""
+        raise ModelConfigError(f"{where}: {name} must be between {low} and {high}{also}, got {value}; "
+                               f"fix {name} in {where}.")
+    return value
+
+
+def _check_number(value: Any, name: str, where: str, positive: bool = True) -> float:
+    """A finite (positive) real number; no bools, strings or NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        kind = "a finite positive number" if positive else "a finite number"
+        raise ModelConfigError(f"{where}: {name} must be {kind}, got {value!r}; fix {name} in {where}.")
+    return float(value)
+
+
+def _check_bool(d: dict[str, Any], name: str, where: str, default: bool) -> bool:
+    value = d.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ModelConfigError(f"{where}: {name} must be true or false, got {value!r}; fix {name} in {where}.")
+    return value
+
+
+#: The numeric fields of a Llama-3 ``rope_scaling`` (TVM's KV cache reads them).
+_LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _rope_settings(d: dict[str, Any], where: str = "config.json") -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, rope_scaling) from either the classic or the transformers-5 layout."""
     params = d.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ModelConfigError(f"{where}: rope_parameters must be an object, got {params!r}; fix or remove it.")
     theta = d.get("rope_theta", params.get("rope_theta", 10000.0))
+    theta = _check_number(theta, "rope_theta", where)
     scaling = d.get("rope_scaling") or None
+    if scaling is not None and not isinstance(scaling, dict):
+        raise ModelConfigError(f"{where}: rope_scaling must be an object like {{\"rope_type\": \"llama3\", ...}} "
+                               f"or null, got {scaling!r}; fix or remove it.")
     if scaling is None and params.get("rope_type", "default") != "default":
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     if scaling is not None:
         scaling = dict(scaling)
         if "type" in scaling and "rope_type" not in scaling:
             scaling["rope_type"] = scaling.pop("type")
-        if scaling.get("rope_type", "default") == "default":
+        rope_type = scaling.get("rope_type", "default")
+        if not isinstance(rope_type, str):
+            raise ModelConfigError(f"{where}: rope_scaling rope_type must be a name like \"llama3\", got "
+                                   f"{rope_type!r}; fix rope_scaling.")
+        if rope_type == "default":
             scaling = None
-    return float(theta), scaling
+        elif rope_type == "llama3":
+            for key in _LLAMA3_ROPE_KEYS:
+                _check_number(scaling.get(key), f"rope_scaling.{key}", where)
+    return theta, scaling
 
 
 @dataclass
@@ -66,34 +134,60 @@ class TransformerConfig:
     def from_hf(cls, d: dict[str, Any]) -> "TransformerConfig":
         """Build from a HF ``config.json`` dict."""
         where = "config.json"
+        if not isinstance(d, dict):
+            raise ModelConfigError(f"config.json must hold a JSON object, got {type(d).__name__}; "
+                                   "pass a Hugging Face model folder.")
         archs = d.get("architectures") or []
-        if not archs:
-            raise ModelConfigError("config.json has no 'architectures' list; add e.g. [\"LlamaForCausalLM\"].")
-        heads = int(_require(d, "num_attention_heads", "n_head", where=where))
-        hidden = int(_require(d, "hidden_size", "n_embd", where=where))
-        theta, scaling = _rope_settings(d)
-        context = int(_require(d, "max_position_embeddings", "max_sequence_length", "context_window_size", where=where))
+        if not isinstance(archs, list) or not archs or not isinstance(archs[0], str) or not archs[0]:
+            raise ModelConfigError(f"config.json 'architectures' must be a list of names, got {archs!r}; "
+                                   "add e.g. [\"LlamaForCausalLM\"].")
+
+        def need(*names: str, low: int = 1, high: int = MAX_DIMENSION) -> int:
+            return check_int(_require(d, *names, where=where), _first_name(d, *names), where, low, high)
+
+        def optional(name: str, default: int) -> int:
+            return default if d.get(name) is None else check_int(d[name], name, where)
+
+        model_type = d.get("model_type", "")
+        if not isinstance(model_type, str):
+            raise ModelConfigError(f"config.json: model_type must be a string, got {model_type!r}; fix model_type.")
+        heads = need("num_attention_heads", "n_head")
+        hidden = need("hidden_size", "n_embd")
+        kv_heads = optional("num_key_value_heads", heads)
+        if heads % kv_heads:
+            raise ModelConfigError(f"config.json: num_attention_heads ({heads}) must be a multiple of "
+                                   f"num_key_value_heads ({kv_heads}); fix one of them.")
+        if d.get("head_dim") is None and hidden % heads:
+            raise ModelConfigError(f"config.json: hidden_size ({hidden}) is not a multiple of num_attention_heads "
+                                   f"({heads}) and there is no head_dim; fix them or add head_dim.")
+        head_dim = optional("head_dim", hidden // heads)
+        theta, scaling = _rope_settings(d, where)
+        context = need("max_position_embeddings", "max_sequence_length", "context_window_size", high=MAX_POSITIONS)
+        eps = _check_number(d.get("rms_norm_eps", 1e-6), "rms_norm_eps", where)
         sliding = d.get("sliding_window")
-        if not d.get("use_sliding_window", True):
+        if not _check_bool(d, "use_sliding_window", where, True) or sliding is False:
             sliding = None
+        if sliding is not None:
+            sliding = check_int(sliding, "sliding_window", where, 1, MAX_POSITIONS, allowed=(0, -1))
+        mlp_bias = _check_bool(d, "mlp_bias", where, False)
         return cls(
             architecture=archs[0],
-            model_type=str(d.get("model_type", "")),
-            vocab_size=int(_require(d, "vocab_size", where=where)),
+            model_type=model_type,
+            vocab_size=need("vocab_size"),
             hidden_size=hidden,
-            intermediate_size=int(_require(d, "intermediate_size", where=where)),
-            num_hidden_layers=int(_require(d, "num_hidden_layers", "n_layer", where=where)),
+            intermediate_size=need("intermediate_size"),
+            num_hidden_layers=need("num_hidden_layers", "n_layer"),
             num_attention_heads=heads,
-            num_key_value_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=int(d.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            num_key_value_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=eps,
             rope_theta=theta,
             rope_scaling=scaling,
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=bool(d.get("attention_bias", False)),
+            tie_word_embeddings=_check_bool(d, "tie_word_embeddings", where, False),
+            attention_bias=_check_bool(d, "attention_bias", where, False),
             context_window_size=context,
-            sliding_window_size=int(sliding) if sliding else -1,
-            extra={"mlp_bias": True} if d.get("mlp_bias") else {},
+            sliding_window_size=sliding if sliding and sliding > 0 else -1,
+            extra={"mlp_bias": True} if mlp_bias else {},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +197,9 @@ class TransformerConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TransformerConfig":
         """Inverse of :meth:`to_dict`; unknown keys are kept in ``extra``."""
+        where = "mlc-chat-config.json model_config"
+        if not isinstance(d, dict):
+            raise ModelConfigError(f"{where} must be an object; regenerate it with `webrt gen_config`.")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = [f.name for f in dataclasses.fields(cls) if f.name in _REQUIRED and f.name not in d]
         if missing:
@@ -111,8 +208,35 @@ class TransformerConfig:
             )
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
-        known.setdefault("extra", {}).update(extra)
-        return cls(**known)
+        if not isinstance(known.setdefault("extra", {}), dict):
+            raise ModelConfigError(f"{where}: extra must be an object; regenerate it with `webrt gen_config`.")
+        known["extra"] = {**known["extra"], **extra}
+        config = cls(**known)
+        config.validate(where)
+        return config
+
+    def validate(self, where: str = "mlc-chat-config.json model_config") -> None:
+        """Raise ModelConfigError for a field of the wrong type or out of range (never coerce)."""
+        for name in ("architecture", "model_type"):
+            if not isinstance(getattr(self, name), str):
+                raise ModelConfigError(f"{where}: {name} must be a string, got {getattr(self, name)!r}; "
+                                       "regenerate it with `webrt gen_config`.")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim"):
+            check_int(getattr(self, name), name, where)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ModelConfigError(f"{where}: num_attention_heads ({self.num_attention_heads}) must be a multiple "
+                                   f"of num_key_value_heads ({self.num_key_value_heads}).")
+        _check_number(self.rms_norm_eps, "rms_norm_eps", where)
+        _check_number(self.rope_theta, "rope_theta", where)
+        if self.rope_scaling is not None:
+            _rope_settings({"rope_theta": self.rope_theta, "rope_scaling": self.rope_scaling}, where)
+        for name in ("tie_word_embeddings", "attention_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ModelConfigError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}.")
+        check_int(self.context_window_size, "context_window_size", where, 1, MAX_POSITIONS, allowed=(-1,))
+        check_int(self.sliding_window_size, "sliding_window_size", where, 1, MAX_POSITIONS, allowed=(-1,))
+        check_int(self.prefill_chunk_size, "prefill_chunk_size", where, 1, MAX_POSITIONS)
 
     def override(self, **values: Any) -> "TransformerConfig":
         """A copy with some fields replaced (context window, prefill chunk, sliding window)."""
@@ -134,3 +258,19 @@ _REQUIRED = {
     "head_dim",
     "rms_norm_eps",
 }
+
+
+def check_windows(context: Any, sliding: Any, chunk: Any, sink: Any, where: str) -> tuple[int, int, int, int]:
+    """Validate a KV cache geometry; return it. Exactly one of ``context`` and ``sliding`` is
+    positive (the other -1), both at most MAX_CONTEXT_WINDOW (2**20); ``chunk`` (the prefill
+    chunk) is 1..MAX_CONTEXT_WINDOW; ``sink`` (attention sink) is -1 (none) or 0..window-1.
+    ``where`` names the flags or fields to fix. Errors are ModelConfigError."""
+    context = check_int(context, "context_window_size", where, 1, MAX_CONTEXT_WINDOW, allowed=(-1,))
+    sliding = check_int(sliding, "sliding_window_size", where, 1, MAX_CONTEXT_WINDOW, allowed=(-1,))
+    if (context > 0) == (sliding > 0):
+        raise ModelConfigError(f"{where}: exactly one of context_window_size ({context}) and sliding_window_size "
+                               f"({sliding}) must be positive; set the other to -1.")
+    chunk = check_int(chunk, "prefill_chunk_size", where, 1, MAX_CONTEXT_WINDOW)
+    window = max(context, sliding)
+    sink = check_int(sink, "attention_sink_size", where, 0, window - 1, allowed=(-1,))
+    return context, sliding, chunk, sink

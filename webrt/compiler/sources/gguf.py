@@ -98,10 +98,19 @@ class GGUFSource(WeightSource):
                 raise ModelConfigError(f"GGUF metadata lacks {arch}.{key}; the file is incomplete.")
             return value
 
+        for key in ("attention.head_count", "embedding_length", "feed_forward_length", "block_count",
+                    "context_length", "attention.head_count_kv", "rope.dimension_count", "vocab_size"):
+            value = md.get(f"{arch}.{key}")  # a count of 0 (or not a count) is a broken file, not a model
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ModelConfigError(f"GGUF metadata {arch}.{key} is {value!r} but must be a positive integer; "
+                                       f"{self.path.name} is broken: re-convert it with llama.cpp.")
         heads = int(need("attention.head_count"))
         hidden = int(need("embedding_length"))
         embed = self._tensors.get("model.embed_tokens.weight")
         vocab = md.get(f"{arch}.vocab_size") or (int(embed.shape[1]) if embed is not None else None)
+        if vocab is None:
+            raise ModelConfigError(f"GGUF metadata lacks {arch}.vocab_size and {self.path.name} has no "
+                                   "token_embd tensor; the file is incomplete.")
         cfg = {
             "architectures": [entry.hf_names[0]],
             "model_type": entry.model_type,
