@@ -12,7 +12,9 @@ from typing import Any, Protocol
 from webrt.errors import TokenizerError
 
 _NO_MERGE = 1 << 62
-_CACHE_MAX_ENTRIES = 200_000
+#: Words whose ids a model remembers; the cache is emptied when full, so a long chat keeps the
+#: heap bounded (about 1 MiB of Python objects; HF tokenizers keeps 10,000 words too).
+_CACHE_MAX_ENTRIES = 10_000
 _CACHE_MAX_WORD_CHARS = 256
 # Words with more symbols than this merge with a heap (O(n log n)) instead of list scans.
 _HEAP_MERGE_MIN_SYMBOLS = 128
