@@ -78,8 +78,12 @@ class Conversation:
 
     def __post_init__(self) -> None:
         # MLC merges the given role templates over the identity defaults.
+        if self.role_templates is not None and not isinstance(self.role_templates, Mapping):
+            raise ConversationTemplateError(
+                f"conversation template: field 'role_templates' must be an object of strings, got {self.role_templates!r}")
         self.role_templates = {**_DEFAULT_ROLE_TEMPLATES, **(self.role_templates or {})}
-        self.messages = [list(m) if isinstance(m, (list, tuple)) else m for m in self.messages]
+        if isinstance(self.messages, (list, tuple)):  # validate() names any other type
+            self.messages = [list(m) if isinstance(m, (list, tuple)) else m for m in self.messages]
         self.validate()
 
     # --- validation / (de)serialisation -----------------------------------------------------

@@ -128,7 +128,11 @@ class ModelRecord:
             if not isinstance(values.get(required), str) or not values[required]:
                 raise ModelConfigError(f"model record {data!r} needs a string {required!r}")
         values["overrides"] = ChatOptions.from_value(values.get("overrides"), f"overrides of {values['model_id']!r}")
-        values["required_features"] = list(values.get("required_features") or [])
+        features = values.get("required_features") or []
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise ModelConfigError(f"model record {values['model_id']!r}: required_features must be a list of "
+                                   f"WebGPU feature names, got {features!r}")
+        values["required_features"] = list(features)
         return cls(**values)
 
     def __post_init__(self) -> None:
@@ -163,10 +167,15 @@ class AppConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AppConfig:
         """From JSON; also reads WebLLM's ``cacheBackend`` and older ``useIndexedDBCache``."""
+        if not isinstance(data, Mapping):
+            raise ModelConfigError(f"an AppConfig must be an object, got {type(data).__name__}")
+        records = data.get("model_list", [])
+        if not isinstance(records, list):
+            raise ModelConfigError(f"AppConfig model_list must be a list of model records, got {records!r}")
         backend = data.get("cache_backend", data.get("cacheBackend"))
         if backend is None:
             backend = "indexeddb" if data.get("useIndexedDBCache") else "cache"
-        return cls([ModelRecord.from_dict(r) for r in data.get("model_list", [])], backend)
+        return cls([ModelRecord.from_dict(r) for r in records], backend)
 
     def find(self, model_id: str) -> ModelRecord:
         """The record of ``model_id``, or ModelNotFoundError listing the known ids."""
@@ -210,22 +219,54 @@ def _number(merged: Mapping[str, Any], name: str, default: float) -> float:
     return float(value)
 
 
+#: The largest KV cache window a chat may ask for: webrt.models.config.MAX_CONTEXT_WINDOW (the
+#: compiler's limit), repeated here so the browser's engine does not import the compiler side.
+MAX_CONTEXT_WINDOW = 2**20
+
+
+def _object_or_none(value: Any, name: str) -> Mapping[str, Any]:
+    """A JSON object field (null or absent: empty), else ModelConfigError."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ModelConfigError(f"{name} must be an object, got {value!r}; fix it or re-run `webrt gen_config`.")
+    return value
+
+
 def merge_chat_config(
     base: Mapping[str, Any], *layers: ChatOptions | Mapping[str, Any] | None
 ) -> ChatConfig:
     """``base`` (mlc-chat-config.json) with each layer's set fields laid over it, checked."""
+    if not isinstance(base, Mapping):
+        raise ModelConfigError(f"mlc-chat-config.json must hold a JSON object, got {type(base).__name__}; "
+                               "re-run `webrt gen_config`.")
     merged = dict(base)
-    conv_config: dict[str, Any] = dict(base.get("conv_config") or {})
+    conv_config: dict[str, Any] = dict(_object_or_none(base.get("conv_config"), "conv_config"))
     replaces_conv_template = False
     for layer in layers:
         values = ChatOptions.from_value(layer).to_dict()
-        conv_config.update(values.pop("conv_config", {}) or {})
+        conv_config.update(_object_or_none(values.pop("conv_config", None), "conv_config"))
         replaces_conv_template = replaces_conv_template or "conv_template" in values
         merged.update(values)
     if "conv_template" not in merged:
         raise ModelConfigError("mlc-chat-config.json has no conv_template; re-run `webrt gen_config`.")
     conv = conv_template_from_config(merged["conv_template"], conv_config or None)
     window = window_config(merged)
+    for name in ("context_window_size", "sliding_window_size", "prefill_chunk_size"):
+        if getattr(window, name) > MAX_CONTEXT_WINDOW:
+            raise ModelConfigError(f"{name} {getattr(window, name)} is above webrt's largest window "
+                                   f"({MAX_CONTEXT_WINDOW} tokens); pass a smaller {name} in chat_opts.")
+    if not -1 <= window.attention_sink_size < window.max_total_length:
+        raise ModelConfigError(f"attention_sink_size must be -1 (none) or 0..{window.max_total_length - 1}, "
+                               f"got {window.attention_sink_size}; fix it in chat_opts.")
+    if window.prefill_chunk_size <= 0:
+        raise ModelConfigError(f"prefill_chunk_size must be positive, got {window.prefill_chunk_size}; "
+                               "fix it in chat_opts.")
+    _object_or_none(merged.get("tokenizer_info"), "tokenizer_info")
+    files = merged.get("tokenizer_files")
+    if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):
+        raise ModelConfigError(f"tokenizer_files must be a list of file names, got {files!r}; "
+                               "re-run `webrt gen_config`.")
     vocab = read_int(merged, "vocab_size", 0)
     if vocab <= 0:
         raise ModelConfigError("mlc-chat-config.json needs a positive vocab_size")

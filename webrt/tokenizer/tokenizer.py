@@ -15,6 +15,7 @@ from webrt.tokenizer.models import model_from_spec
 from webrt.tokenizer.normalizers import normalizer_from_spec
 from webrt.tokenizer.post_processors import post_processor_from_spec
 from webrt.tokenizer.pre_tokenizers import pre_tokenizer_from_spec
+from webrt.tokenizer.schema import check_tokenizer_json
 
 # Special-token names recognised as BOS / EOS when no tokenizer_config.json says otherwise.
 _KNOWN_BOS = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
@@ -83,8 +84,7 @@ class Tokenizer:
     """
 
     def __init__(self, spec: dict[str, Any], config: dict[str, Any] | None = None) -> None:
-        if spec.get("model") is None:
-            raise TokenizerError("tokenizer.json has no model")
+        check_tokenizer_json(spec)  # a malformed field is a TokenizerError naming it
         self.model = model_from_spec(spec["model"])
         self.normalizer = normalizer_from_spec(spec.get("normalizer"))
         self.pre_tokenizer = pre_tokenizer_from_spec(spec.get("pre_tokenizer"))
@@ -98,7 +98,7 @@ class Tokenizer:
 
         vocab = self.model.vocab
         added = []
-        for entry in spec.get("added_tokens", []):
+        for entry in spec.get("added_tokens") or []:
             token = AddedToken.from_spec(entry)
             model_id = vocab.get(token.content)
             if model_id is not None and model_id != token.id:
