@@ -192,3 +192,41 @@ def test_a_library_on_the_wrong_path_is_a_typed_error(runs: dict[str, Any]) -> N
     b = runs["browser"]
     assert "--device wasm" in b["webgpu_on_cpu_path"]
     assert "model_lib_cpu" in b["cpu_on_webgpu_path"]
+
+
+def test_bench_cpu_row_runs_the_cpu_library() -> None:
+    """`webrt bench browser --model-lib-cpu`'s runs on the tiny model: webrt's loader takes the CPU
+    library when asked, decodes the native library's greedy tokens, and the warm load downloads
+    nothing; TVM's JS runtime on the same library gives the same tokens; the report shows both
+    rows beside wllama's."""
+    if not pyodide_util.pyodide_available():
+        pytest.skip("chromium, playwright or npm pyodide is not installed")
+    from webrt.engine.model_runner import ModelRunner, WindowConfig
+    from webrt.native.backend import NativeBackend
+    from webrt.tools.bench import report
+    from webrt.tools.bench.browser_bench import BrowserModel, _options, bench_server, bench_tvmjs_cpu, bench_webrt_cpu
+
+    art = tiny_wasm_artifacts()
+    model = BrowserModel("tiny", art.model_dir, art.libs["webgpu"], wasm_cpu=art.libs["wasm"])
+    with bench_server([model]) as server:
+        opts = _options(model, server, steps=4, warmup=1, prompt_len=8)
+        run = bench_webrt_cpu(server, opts, model, 300, print)
+        ref = bench_tvmjs_cpu(server, opts, model, 300, print)
+    cold, warm = run["cold"], run["warm"]
+    assert cold["library"] == "cpu" and len(cold["stepMs"]) == 4 and cold["promptTokens"] == 8
+    assert warm["downloads"] == 0 and run["console_errors"] == []
+    cfg = art.chat_config
+    runner = ModelRunner(NativeBackend(art.model_dir, art.libs["cpu"]),
+                         WindowConfig(cfg["context_window_size"], -1, -1, cfg["prefill_chunk_size"]))
+    tokens = [runner.argmax(runner.prefill(opts["prompt"]))]
+    for _ in range(1 + 4):
+        tokens.append(runner.argmax(runner.decode(tokens[-1])))
+    assert cold["tokens"] == tokens
+    # TVM's JS runtime on the same CPU library (tvm.cpu()): the same tokens
+    assert ref["cold"]["tokens"] == tokens and ref["console_errors"] == []
+    result = {"label": "tiny", "summary": {"webrt_step_ms": 10.0}, "webrt": {"cold": {"tokens": tokens}},
+              "webrt_cpu": run, "tvmjs_cpu": ref}
+    table = report.wllama_table([result])
+    print("\n" + table)
+    assert "| tiny | webrt CPU library (wasm32+simd128; same tokens as WebGPU) | 1 |" in table
+    assert "| tiny | TVM JS runtime (tvmjs), webrt's CPU library | 1 |" in table

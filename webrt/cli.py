@@ -170,6 +170,8 @@ def _bench(p: argparse.ArgumentParser) -> None:
             q.add_argument("--gguf", action="append", help="the GGUF a --model was built from, one per --model: "
                            "adds llama.cpp's wasm build (npm @wllama/wllama) on that file")
             q.add_argument("--wllama-threads", default="1,2", help="thread counts for the wllama rows")
+            q.add_argument("--model-lib-cpu", action="append",
+                           help="the CPU library (--device wasm) of a --model, one per --model: adds a webrt CPU row")
         if kind == "native":
             q.add_argument("--hf-gguf", help="a GGUF for the HF transformers row (fp32)")
             q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
@@ -223,11 +225,12 @@ def _bench(p: argparse.ArgumentParser) -> None:
         elif a.bench_kind == "browser":
             from webrt.tools.bench.browser_bench import BrowserModel, bench_model
 
-            ggufs = a.gguf or []
-            if len(ggufs) > len(a.model):
-                raise ModelConfigError("give at most one --gguf per --model")
+            ggufs, cpu_libs = a.gguf or [], a.model_lib_cpu or []
+            if len(ggufs) > len(a.model) or len(cpu_libs) > len(a.model):
+                raise ModelConfigError("give at most one --gguf and one --model-lib-cpu per --model")
             threads = tuple(int(t) for t in a.wllama_threads.split(","))
-            results = [bench_model(BrowserModel(n, Path(m), Path(lib), Path(ggufs[i]) if i < len(ggufs) else None),
+            results = [bench_model(BrowserModel(n, Path(m), Path(lib), Path(ggufs[i]) if i < len(ggufs) else None,
+                                                Path(cpu_libs[i]) if i < len(cpu_libs) else None),
                                    a.steps, a.warmup, a.prompt_len,
                                    log=lambda line: print(line, file=sys.stderr, flush=True), wllama_threads=threads)
                        for i, (n, m, lib) in enumerate(zip(names, a.model, a.model_lib))]

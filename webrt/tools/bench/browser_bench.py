@@ -5,6 +5,11 @@ caches): a cold load (empty caches, weights downloaded from the local server) to
 prefill, `steps` timed greedy decode steps after `warmup` untimed ones, then a page reload and a
 warm load to "ready" (weights from Cache Storage; webrt also creates only the kernels the model
 launched). Both runtimes must produce the same tokens.
+
+With a CPU library (``webrt compile --device wasm``), TVM's JS runtime (on ``tvm.cpu()``) and
+webrt (`WebGPUModelLoader(device="cpu")`: the same loader, cache and `ModelRunner`, tensors in
+wasm memory) also run it, each in a fresh profile, one thread (TVM's web runtime runs parallel
+loops serially), reported beside llama.cpp's wasm build (wllama) on the model's GGUF.
 """
 
 from __future__ import annotations
@@ -42,11 +47,19 @@ class BrowserModel:
     wasm: Path
     #: the GGUF the model was built from, for the llama.cpp (wllama) rows
     gguf: Path | None = None
+    #: the model's CPU library (``--device wasm``), for the webrt CPU row
+    wasm_cpu: Path | None = None
 
     @property
     def slug(self) -> str:
         """The label made safe for URL paths."""
         return "".join(c if c.isalnum() or c in "-_." else "-" for c in self.label)
+
+
+def cpu_library_path(model: BrowserModel) -> str:
+    """The URL path of a model's CPU library on the bench server."""
+    assert model.wasm_cpu is not None
+    return f"/libs/{model.slug}/cpu/{model.wasm_cpu.name}"
 
 
 def bench_server(models: list[BrowserModel]) -> ArtifactServer:
@@ -63,6 +76,7 @@ def bench_server(models: list[BrowserModel]) -> ArtifactServer:
                                "/wllama/": wllama}
     file_routes = model_file_routes([ServedModel(m.model_dir, m.wasm, m.slug) for m in models])
     file_routes.update({f"/gguf/{m.slug}.gguf": m.gguf for m in models if m.gguf is not None})
+    file_routes.update({cpu_library_path(m): m.wasm_cpu for m in models if m.wasm_cpu is not None})
     files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/wllama.html": WLLAMA_PAGE,
              "/webrt-bundle.zip": build_bundle()}
     # the benchmark's own pages use inline scripts: no CSP; cross-origin isolated, so wllama may
@@ -99,7 +113,8 @@ def _options(model: BrowserModel, server: ArtifactServer, steps: int, warmup: in
     return {"modelURL": server.url(f"/models/{slug}/resolve/main/"), "model": f"/models/{slug}/",
             "wasmURL": server.url(f"/libs/{slug}/{model.wasm.name}"),
             "wasm": f"/libs/{slug}/{model.wasm.name}", "contextWindow": context, "prefillChunk": chunk,
-            "prompt": prompt, "promptText": prompt_text, "steps": steps, "warmup": warmup}
+            "prompt": prompt, "promptText": prompt_text, "steps": steps, "warmup": warmup,
+            "wasmCpu": cpu_library_path(model) if model.wasm_cpu is not None else None}
 
 
 def _run_tvmjs(page: Page, opts: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -127,6 +142,31 @@ def _run_webrt(page: Page, server: ArtifactServer, opts: dict[str, Any], timeout
     return out
 
 
+def bench_webrt_cpu(server: ArtifactServer, opts: dict[str, Any], model: BrowserModel, timeout_s: float,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """webrt on the model's CPU library: cold, then warm (page reloaded), in a fresh profile."""
+    out: dict[str, Any] = {"threads": 1}
+    with chromium_page() as page:
+        for phase, phase_opts in (("cold", opts), ("warm", {**opts, "steps": 0})):
+            log(f"[bench] {model.label}: webrt CPU library, {phase} cache ...")
+            page.goto(server.url("/webrt.html"))
+            out[phase] = run_page_python(page, "page_bench.py", "webrt_cpu_bench", phase_opts, timeout_s)
+        out["console_errors"] = [m for m in page.console if m.startswith(("error", "pageerror"))][:5]
+    return out
+
+
+def bench_tvmjs_cpu(server: ArtifactServer, opts: dict[str, Any], model: BrowserModel, timeout_s: float,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """TVM's JS runtime on the same CPU library (``tvm.cpu()``), cold, in a fresh profile: the
+    reference for webrt's CPU row."""
+    log(f"[bench] {model.label}: tvmjs on the CPU library ...")
+    with chromium_page() as page:
+        page.goto(server.url("/js.html"))
+        cold = _run_tvmjs(page, {**opts, "cpu": True, "wasmURL": server.url(cpu_library_path(model))}, timeout_s)
+        errors = [m for m in page.console if m.startswith(("error", "pageerror"))][:5]
+    return {"threads": 1, "cold": cold, "console_errors": errors}
+
+
 def bench_wllama(server: ArtifactServer, opts: dict[str, Any], model: BrowserModel, threads: int,
                   timeout_s: float, log: Callable[[str], None]) -> dict[str, Any]:
     """llama.cpp (wllama) on the model's GGUF with `threads` threads: cold, then warm (page reloaded)."""
@@ -146,7 +186,8 @@ def bench_model(model: BrowserModel, steps: int = 8, warmup: int = 2, prompt_len
                 timeout_s: float = 900, log: Callable[[str], None] = print,
                 wllama_threads: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
     """Both runtimes on one model: {"tvmjs": {cold, warm}, "webrt": {cold, warm}, ...}; with
-    `model.gguf`, llama.cpp's wasm build (wllama) on that file too, once per thread count."""
+    `model.wasm_cpu`, both on that CPU library ("tvmjs_cpu", "webrt_cpu"); with `model.gguf`, llama.cpp's wasm
+    build (wllama) on that file too, once per thread count."""
     out: dict[str, Any] = {"label": model.label}
     with bench_server([model]) as server:
         opts = _options(model, server, steps, warmup, prompt_len)
@@ -163,6 +204,9 @@ def bench_model(model: BrowserModel, steps: int = 8, warmup: int = 2, prompt_len
                         else _run_webrt(page, server, warm_opts, timeout_s))
                 errors = [m for m in page.console if m.startswith(("error", "pageerror"))]
             out[runtime] = {"cold": cold, "warm": warm, "console_errors": errors[:5]}
+        if model.wasm_cpu is not None:
+            out["tvmjs_cpu"] = bench_tvmjs_cpu(server, opts, model, timeout_s, log)
+            out["webrt_cpu"] = bench_webrt_cpu(server, opts, model, timeout_s, log)
         if model.gguf is not None:
             out["wllama"] = [bench_wllama(server, opts, model, threads, timeout_s, log) for threads in wllama_threads]
     out["tokens_equal"] = out["tvmjs"]["cold"]["tokens"] == out["webrt"]["cold"]["tokens"]

@@ -5,6 +5,7 @@ The same work as `tvmjs_bench.js`: load the library and weights to "ready" (thro
 argmax on the device (`ModelRunner`, what the Engine runs per token). Per step it splits the wall
 time into GPU wait (blocked on the readback) and host time (everything Python does). Last, it
 times the ways from the final logits to a token id (webrt only: tvmjs has no sampler).
+`webrt_cpu_bench` runs the same load, prefill and greedy decode on the model's CPU library.
 """
 
 import asyncio
@@ -50,6 +51,40 @@ async def _webrt_bench(opts):
     out.update(stepMs=total, hostMs=host, dispatches=dispatches, tokens=tokens,
                samplingMs=_sampling_ms(runner, logits), savedKernels=len(await backend.saved()))
     return out
+
+
+async def _webrt_cpu_bench(opts):
+    """The same steps on the CPU library (``model_lib_cpu``, `WebGPUModelLoader(device="cpu")`):
+    every tensor in wasm memory, nothing to wait for, one thread."""
+    t0 = time.perf_counter()
+    loader = WebGPUModelLoader(cache_backend="cache", device="cpu")
+    record = ModelRecord(model=opts["model"], model_id="bench", model_lib=opts["wasm"], model_lib_cpu=opts["wasmCpu"])
+    chat_config = json.loads(await loader.read_text(record, CHAT_CONFIG_FILE))
+    backend = await loader.load(record, chat_config, None)
+    runner = ModelRunner(backend, WindowConfig(opts["contextWindow"], -1, -1, opts["prefillChunk"]))
+    out = {"runtime": "webrt-cpu", "readyMs": (time.perf_counter() - t0) * 1e3,
+           "weightsMs": loader.last_load["weights_s"] * 1e3, "library": loader.last_load["library"],
+           "memoryBytes": loader.last_load["memory_bytes"], "downloads": len(loader.last_load["fetch"]["network"])}
+    if not opts.get("steps"):
+        return out
+    t = time.perf_counter()
+    token = runner.argmax(runner.prefill(opts["prompt"]))
+    out["prefillMs"] = (time.perf_counter() - t) * 1e3
+    out["promptTokens"] = len(opts["prompt"])
+    tokens, total = [token], []
+    for i in range(opts["warmup"] + opts["steps"]):
+        t = time.perf_counter()
+        token = runner.argmax(runner.decode(token))
+        tokens.append(token)
+        if i >= opts["warmup"]:
+            total.append((time.perf_counter() - t) * 1e3)
+    out.update(stepMs=total, tokens=tokens)
+    return out
+
+
+async def webrt_cpu_bench(opts_json):
+    """Entry point of the CPU-library run (JSON options in, a JSON-able dict out)."""
+    return await asyncio.create_task(_webrt_cpu_bench(json.loads(opts_json)))
 
 
 #: name -> (temperature, top_p, sort); each ends in the 4-byte readback of the token id

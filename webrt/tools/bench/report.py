@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 
@@ -68,14 +69,31 @@ def quality_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _median_ms(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
 def wllama_table(results: list[dict[str, Any]]) -> str:
-    """The peer: llama.cpp's wasm build (wllama) on the GGUF, beside webrt's decode step."""
-    rows = [r for r in results if r.get("wllama")]
+    """The CPU in the browser: webrt's CPU library (wasm) and llama.cpp's wasm build (wllama) on
+    the GGUF, beside webrt's WebGPU decode step."""
+    rows = [r for r in results if r.get("wllama") or r.get("webrt_cpu")]
     lines = ["| model | runtime | threads | ready, cold cache | ready, warm cache | prefill | decode ms/token "
              "| webrt's step / this |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         webrt_step = r["summary"]["webrt_step_ms"]
-        for w in r["wllama"]:
+        ref = r.get("tvmjs_cpu")
+        if ref:
+            cold, step = ref["cold"], _median_ms(ref["cold"]["stepMs"])
+            lines.append(f"| {r['label']} | TVM JS runtime (tvmjs), webrt's CPU library | {ref['threads']} | "
+                         f"{_s(cold['readyMs'])} | - | {cold['prefillMs']:.0f} ms | {step:.1f} | {webrt_step / step:.1f}x |")
+        cpu = r.get("webrt_cpu")
+        if cpu:
+            cold, step = cpu["cold"], _median_ms(cpu["cold"]["stepMs"])
+            same = "same tokens as WebGPU" if cold["tokens"] == r["webrt"]["cold"]["tokens"] else "tokens differ from WebGPU"
+            lines.append(f"| {r['label']} | webrt CPU library (wasm32+simd128; {same}) | {cpu['threads']} | "
+                         f"{_s(cold['readyMs'])} | {_s(cpu['warm']['readyMs'])} | {cold['prefillMs']:.0f} ms "
+                         f"({cold['promptTokens']} tokens) | {step:.1f} | {webrt_step / step:.1f}x |")
+        for w in r.get("wllama") or []:
             cold = w["cold"]
             lines.append(f"| {r['label']} | llama.cpp wasm (wllama), GGUF | {w['threads']} | {_s(cold['readyMs'])} | "
                          f"{_s(w['warm']['readyMs'])} | {cold['prefillMs']:.0f} ms ({cold['promptTokens']} tokens) | "

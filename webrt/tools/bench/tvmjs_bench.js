@@ -4,19 +4,21 @@
 // create_tir_paged_kv_cache; then prefill and a greedy decode loop with argmax on the device
 // (one int32 read back per step). Loaded as a classic script after /tvmjs/index.js.
 
+// With opts.cpu, the same on a CPU library (`webrt compile --device wasm`, opts.wasmURL): no
+// WebGPU, the VM and every tensor on tvm.cpu() in wasm memory.
 async function webrtBenchTvmjs(opts) {
   const now = () => performance.now();
   const t0 = now();
-  const gpu = await tvmjs.detectGPUDevice();
-  if (!gpu) throw new Error("no WebGPU adapter");
+  const gpu = opts.cpu ? null : await tvmjs.detectGPUDevice();
+  if (!gpu && !opts.cpu) throw new Error("no WebGPU adapter");
   const wasm = await (await fetch(opts.wasmURL)).arrayBuffer();
   const tvm = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), () => {});
-  tvm.initWebGPU(gpu.device);
-  const dev = tvm.webgpu();
+  if (gpu) tvm.initWebGPU(gpu.device);
+  const dev = gpu ? tvm.webgpu() : tvm.cpu();
   tvm.beginScope();
   const vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(dev));
   const tPipelines = now();
-  await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
+  if (gpu) await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
   const pipelinesMs = now() - tPipelines;
   const metadata = JSON.parse(vm.getFunction("_metadata")());
   const tWeights = now();
@@ -34,7 +36,7 @@ async function webrtBenchTvmjs(opts) {
   addSequence(kv, new tvmjs.Scalar(0, "int64"));
   await dev.sync();
   const readyMs = now() - t0;
-  const kernels = Object.keys(JSON.parse(vm.getInternalModule().getFunction("webgpu.get_fmap", true)())).length;
+  const kernels = gpu ? Object.keys(JSON.parse(vm.getInternalModule().getFunction("webgpu.get_fmap", true)())).length : 0;
   tvm.endScope();
   if (!opts.steps) return { runtime: "tvmjs", readyMs, pipelinesMs, weightsMs, kernels };
 
