@@ -270,3 +270,12 @@ def test_reconversion_leaves_no_stale_shard(hf_dir: Path, tmp_path: Path) -> Non
 
 def test_errors_are_webrt_errors() -> None:
     assert issubclass(OutputPathError, WebrtError) and issubclass(OutputPathError, OSError)
+
+
+@pytest.mark.parametrize("text", ['{"vocab_size": ' + "1" * 5000 + "}", "[" * 100_000, "{"])
+def test_chat_config_json_that_json_cannot_hold_is_a_model_config_error(tmp_path: Path, text: str) -> None:
+    from webrt.compiler.gen_config import load_chat_config
+
+    (tmp_path / "mlc-chat-config.json").write_text(text)
+    with pytest.raises(ModelConfigError, match="not valid JSON"):
+        load_chat_config(tmp_path)

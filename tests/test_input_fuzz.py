@@ -194,12 +194,16 @@ def test_seed_tokenizers_are_valid(spec: dict) -> None:
     assert ids and isinstance(tok.decode(ids), str)
 
 
+TOKENIZER_CONFIG = {"bos_token": "<s>", "eos_token": {"content": "<|im_end|>", "special": True}, "add_bos_token": True}
+
+
 @settings(max_examples=1500, **SETTINGS)
-@given(st.sampled_from([BYTE_LEVEL, SENTENCEPIECE, WORDPIECE, METASPACE]).flatmap(lambda s: mutated(s, 4)))
-def test_tokenizer_json_mutations_give_a_tokenizer_or_a_typed_error(spec: Any) -> None:
+@given(st.sampled_from([BYTE_LEVEL, SENTENCEPIECE, WORDPIECE, METASPACE]).flatmap(lambda s: mutated(s, 4)),
+       st.none() | mutated(TOKENIZER_CONFIG, 2))
+def test_tokenizer_json_mutations_give_a_tokenizer_or_a_typed_error(spec: Any, config: Any) -> None:
     from webrt.tokenizer import Tokenizer
 
-    tok = only_typed(lambda: Tokenizer.from_dict(spec))
+    tok = only_typed(lambda: Tokenizer.from_dict(spec, config))
     if tok is None:
         return
     for text in ("ab a\u00e9 1<|im_end|>", ""):
@@ -391,6 +395,24 @@ def test_malformed_tokenizer_json_fields_are_named(path: tuple, value: Any, fiel
     _get(spec, path[:-1])[path[-1]] = value
     with pytest.raises(TokenizerError, match=field):
         Tokenizer.from_dict(spec)
+
+
+@pytest.mark.parametrize("text, config", [("1" * 5000, None), ("[" * 100_000, None), ("{}", "7" * 5000),
+                                          ('{"model": null}', None)])
+def test_tokenizer_json_text_that_json_cannot_hold_is_a_tokenizer_error(text: str, config: Any) -> None:
+    from webrt.errors import TokenizerError
+    from webrt.tokenizer import Tokenizer
+
+    with pytest.raises(TokenizerError):
+        Tokenizer.from_json_str(text, config)
+
+
+def test_tokenizer_config_must_be_an_object() -> None:
+    from webrt.errors import TokenizerError
+    from webrt.tokenizer import Tokenizer
+
+    with pytest.raises(TokenizerError, match="tokenizer_config"):
+        Tokenizer.from_dict(copy.deepcopy(BYTE_LEVEL), ["bos_token"])  # type: ignore[arg-type]
 
 
 def test_null_added_tokens_and_optional_bpe_fields_still_load() -> None:

@@ -347,7 +347,7 @@ def load_chat_config(path: str | Path) -> dict[str, Any]:
         raise ModelConfigError(f"{p} does not exist; run `webrt gen_config` first.")
     try:
         data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an integer of > 4300 digits, deep nesting
         raise ModelConfigError(f"{p} is not valid JSON ({e}); regenerate it with `webrt gen_config`.") from None
     if not isinstance(data, dict):
         raise ModelConfigError(f"{p} must hold a JSON object; regenerate it with `webrt gen_config`.")

@@ -118,6 +118,8 @@ class Tokenizer:
             self._id_to_token[token.id] = spelled
             self._token_to_id[token.content] = token.id
 
+        if config is not None and not isinstance(config, dict):
+            raise TokenizerError(f"tokenizer_config.json must hold a JSON object, got {type(config).__name__}")
         self._bos_token_id, self._eos_token_id = self._find_bos_eos(config or {})
 
     # --- construction ----------------------------------------------------------------------
@@ -132,7 +134,7 @@ class Tokenizer:
         try:
             spec = json.loads(text)
             config = json.loads(config_json) if config_json else None
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, an integer of > 4300 digits, deep nesting
             raise TokenizerError(f"tokenizer JSON is malformed: {exc}") from exc
         return cls(spec, config)
 
