@@ -279,3 +279,29 @@ def test_chat_config_json_that_json_cannot_hold_is_a_model_config_error(tmp_path
     (tmp_path / "mlc-chat-config.json").write_text(text)
     with pytest.raises(ModelConfigError, match="not valid JSON"):
         load_chat_config(tmp_path)
+
+
+def test_sigterm_during_convert_weight_leaves_nothing(hf_dir: Path, tmp_path: Path) -> None:
+    """A real conversion, held after its first tensor, then SIGTERM: no staging folder, no output."""
+    script = textwrap.dedent(f"""
+        import time
+        from webrt.compiler import convert_weight as cw
+        real = cw.convert_params
+        def slow(*args, **kwargs):
+            for i, item in enumerate(real(*args, **kwargs)):
+                yield item
+                if i == 0:
+                    print("ready", flush=True)
+                    time.sleep(60)
+        cw.convert_params = slow
+        cw.convert_weight({str(hf_dir)!r}, "q0f32", {str(tmp_path / 'out')!r}, False)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert list(tmp_path.iterdir()) == []

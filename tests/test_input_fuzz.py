@@ -380,6 +380,7 @@ def test_app_config_mutations_give_a_config_or_a_typed_error(data: Any) -> None:
     (("model", "vocab", "a"), "0", "vocab"),
     (("post_processor",), {"type": "BertProcessing", "sep": ["</s>"], "cls": ["<s>", 1]}, "sep"),
     (("post_processor",), {"type": "TemplateProcessing", "single": [{"SpecialToken": "<s>"}]}, "single"),
+    (("post_processor",), {"type": "TemplateProcessing", "single": [{"SpecialToken": {}}]}, "single"),
     (("pre_tokenizer", "pretokenizers", 0, "pattern"), {"Regex": None}, "pattern"),
     (("pre_tokenizer", "pretokenizers"), None, "pretokenizers"),
     (("normalizer",), ["NFC"], "normalizer"),
@@ -456,3 +457,29 @@ def test_app_config_bad_fields_are_model_config_errors(data: Any, field: str) ->
 
     with pytest.raises(ModelConfigError, match=field):
         AppConfig.from_dict(data)
+
+
+# --- mlc-chat-config.json as `webrt compile` reads it --------------------------------------------
+def _compile_chat_config() -> dict:
+    from webrt.models.config import TransformerConfig
+
+    model = TransformerConfig.from_hf(HF_CONFIG).override(context_window_size=256, prefill_chunk_size=64).to_dict()
+    return {**CHAT_CONFIG_CONV_ONLY, "model_config": model}
+
+
+@settings(max_examples=1000, **SETTINGS)
+@given(st.just(None).flatmap(lambda _: mutated(_compile_chat_config(), 3)),
+       st.sampled_from(["", "context_window_size=128", "prefill_chunk_size=0", "attention_sink_size=-5",
+                        f"context_window_size={2**63}", "sliding_window_size=64", "nonsense", "prefill_chunk_size=x"]))
+def test_compile_chat_config_mutations_give_a_model_config_or_a_typed_error(chat_config: Any, overrides: str) -> None:
+    pytest.importorskip("tvm")
+    from webrt.compiler.compile import model_config_for, parse_overrides
+    from webrt.compiler.gen_config import REQUIRED_CHAT_CONFIG_FIELDS
+    from webrt.models.config import MAX_CONTEXT_WINDOW
+
+    if not isinstance(chat_config, dict) or any(k not in chat_config for k in REQUIRED_CHAT_CONFIG_FIELDS):
+        return  # load_chat_config refuses these before model_config_for
+    config = only_typed(lambda: model_config_for(chat_config, parse_overrides(overrides)))
+    if config is not None:
+        window = max(config.context_window_size, config.sliding_window_size)
+        assert 1 <= window <= MAX_CONTEXT_WINDOW and 1 <= config.prefill_chunk_size <= window

@@ -154,8 +154,6 @@ def _post_processor(kind: str, spec: dict[str, Any], where: str) -> None:
                 raise _bad(f"{where}.{key}", "a [token, id] pair", pair)
     elif kind == "TemplateProcessing":
         specials = spec.get("special_tokens", {})
-        if specials is None:
-            specials = {}
         if not isinstance(specials, dict):
             raise _bad(f"{where}.special_tokens", "an object", specials)
         for name, entry in specials.items():
@@ -173,7 +171,8 @@ def _post_processor(kind: str, spec: dict[str, Any], where: str) -> None:
                 if not isinstance(item, dict) or len(item) != 1:
                     raise _bad(piece, 'a {"Sequence": ...} or {"SpecialToken": ...} object', item)
                 (kind_name, body), = item.items()
-                if not isinstance(body, dict) or not isinstance(body.get("id", "A"), str) \
+                default_id = "A" if kind_name == "Sequence" else None  # a special token is named
+                if not isinstance(body, dict) or not isinstance(body.get("id", default_id), str) \
                         or not _opt(_nn_int)(body.get("type_id")):
                     raise _bad(f"{piece}.{kind_name}", 'an object {"id": name, "type_id": n}', body)
 
