@@ -103,6 +103,28 @@ def test_gguf_zero_counts_are_model_config_errors(tmp_path: Path, key: str) -> N
         open_source(_gguf(tmp_path / "bad.gguf", **{key: 0}))
 
 
+@pytest.mark.parametrize("key", ["attention.layer_norm_rms_epsilon", "rope.freq_base", "attention.head_count"])
+def test_gguf_metadata_of_the_wrong_type_is_a_model_config_error(tmp_path: Path, key: str) -> None:
+    from gguf import GGUFReader, GGUFWriter
+
+    from webrt.compiler.sources import open_source
+
+    good = _gguf(tmp_path / "ok.gguf")
+    w = GGUFWriter(str(tmp_path / "bad.gguf"), "llama")
+    for name, field in GGUFReader(str(good)).fields.items():
+        if name.startswith("llama.") and name != f"llama.{key}":
+            value = field.contents()
+            (w.add_float32 if isinstance(value, float) else w.add_uint32)(name, value)
+    w.add_string(f"llama.{key}", "abc")
+    w.add_tensor("token_embd.weight", np.zeros((32, 64), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelConfigError, match=key):
+        open_source(tmp_path / "bad.gguf")
+
+
 def test_gguf_block_count_zero_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ModelConfigError, match="block_count"):
         convert_mod.convert_weight(_gguf(tmp_path / "bad.gguf", block_count=0), "q0f32", tmp_path / "out", False)

@@ -104,6 +104,11 @@ class GGUFSource(WeightSource):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ModelConfigError(f"GGUF metadata {arch}.{key} is {value!r} but must be a positive integer; "
                                        f"{self.path.name} is broken: re-convert it with llama.cpp.")
+        for key in ("attention.layer_norm_rms_epsilon", "rope.freq_base", "attention.sliding_window"):
+            value = md.get(f"{arch}.{key}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ModelConfigError(f"GGUF metadata {arch}.{key} is {value!r} but must be a number; "
+                                       f"{self.path.name} is broken: re-convert it with llama.cpp.")
         heads = int(need("attention.head_count"))
         hidden = int(need("embedding_length"))
         embed = self._tensors.get("model.embed_tokens.weight")
