@@ -4,13 +4,11 @@ range; SIGTERM leaves no staging folder and a re-conversion leaves no stale shar
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np

@@ -165,7 +165,8 @@ class TransformerConfig:
         context = need("max_position_embeddings", "max_sequence_length", "context_window_size", high=MAX_POSITIONS)
         eps = _check_number(d.get("rms_norm_eps", 1e-6), "rms_norm_eps", where)
         sliding = d.get("sliding_window")
-        if not _check_bool(d, "use_sliding_window", where, True) or sliding is False:
+        use_sliding = "use_sliding_window" not in d or _check_bool(d, "use_sliding_window", where, False)
+        if not use_sliding or sliding is False:  # an explicit null turns it off, as before
             sliding = None
         if sliding is not None:
             sliding = check_int(sliding, "sliding_window", where, 1, MAX_POSITIONS, allowed=(0, -1))
