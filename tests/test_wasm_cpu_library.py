@@ -56,6 +56,9 @@ def test_wasm_target_is_wasm32_simd_with_the_same_host() -> None:
     assert str(target.attrs["mtriple"]) == "wasm32-unknown-unknown-wasm"
     assert "+simd128" in [str(a) for a in target.attrs["mattr"]]
     assert str(target.host.attrs["mtriple"]) == "wasm32-unknown-unknown-wasm"
+    from tvm.target.codegen import llvm_get_vector_width
+
+    assert llvm_get_vector_width(target) == 256  # two f32x4 accumulators per matmul row
     assert "wasm" in DEVICES and set(WASM_DEVICES) == {"webgpu", "wasm"}
 
 

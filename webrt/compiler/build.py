@@ -49,8 +49,12 @@ def make_target(device: str) -> Target:
     if device == "wasm":
         # The browser's CPU: the same CPU pipeline and schedules, for wasm32 with 128-bit SIMD.
         # Measured on SmolLM2 q4f32_1 under TVM's JS runtime in headless Chromium 156, one
-        # thread: 58 ms/token with +simd128, 87 without.
-        wasm32 = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"]}
+        # thread: 58 ms/token with +simd128, 87 without. "vector-width": 256 makes NTMatmulCPU
+        # keep 8 float lanes per row, which LLVM splits into two independent f32x4 accumulators
+        # (one f32x4 chain is latency-bound): 0.69-0.72x the decode step of the default 128 bits
+        # in paired runs under TVM's JS runtime (BENCHMARKS.md), same tokens; 512 was no better.
+        wasm32 = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"],
+                  "vector-width": 256}
         return Target(wasm32, host=wasm32)
     raise ValueError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
 
