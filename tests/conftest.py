@@ -5,13 +5,14 @@
     tests/browser/  headless Chromium with WebGPU (SwiftShader here): marked `slow` too
     tests/model/    the real SmolLM2-135M GGUF: marked `slow` too
 
-``pytest -m "not slow"`` runs unit + native; ``pytest -m browser`` only the browser tests. The
-helpers shared by the folders (`model_factory`, `browser_util`, `pyodide_util`) live beside
-this file, which pytest puts on ``sys.path``.
+``pytest -m "not slow"`` runs unit + native (and leaves out the few browser tests that live in
+native files); ``pytest -m browser`` only the browser tests. The helpers the folders share
+(`model_factory`, `engine_util`, `browser_util`, `pyodide_util`) live beside this file.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,16 +27,18 @@ GROUP_MARKERS: dict[str, tuple[str, ...]] = {
 TESTS_DIR = Path(__file__).resolve().parent
 
 
+# Test files import the shared helpers beside this file and, now and then, each other's fixtures
+# across folders: every folder is importable whatever order pytest collects them in.
+for _folder in (TESTS_DIR, *(TESTS_DIR / group for group in GROUP_MARKERS)):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         group = Path(str(item.fspath)).resolve().relative_to(TESTS_DIR).parts[0]
         for name in GROUP_MARKERS.get(group, ()):
             item.add_marker(name)
+        if item.get_closest_marker("browser") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker("slow")  # a browser test in a native file (e.g. the bench's) is slow too
 
-
-@pytest.fixture(scope="session")
-def tiny_llama() -> object:
-    """The tiny Llama-2-style model's artifacts (CPU library; built once, cached on disk)."""
-    import model_factory
-
-    return model_factory.tiny_artifacts("llama2")

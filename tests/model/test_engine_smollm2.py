@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from model_factory import build_artifacts, smollm2_gguf
-from test_engine_helpers import engine_for, hf_model, run, token_ids_from_logprobs
+from engine_util import engine_for, hf_model, run, token_ids_from_logprobs
 
 pytestmark = pytest.mark.slow
 

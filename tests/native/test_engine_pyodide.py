@@ -19,7 +19,7 @@ import pytest
 
 from model_factory import tiny_artifacts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYODIDE = ROOT / "node_modules" / "pyodide" / "pyodide.mjs"
 
 # Runs in both hosts: a backend made of Python lists, and the requests to compare.

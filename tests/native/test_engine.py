@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from model_factory import tiny_artifacts
-from test_engine_helpers import (
+from engine_util import (
     engine_for,
     hf_greedy,
     hf_logits,

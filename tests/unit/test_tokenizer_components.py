@@ -27,7 +27,7 @@ from webrt.tokenizer.normalizers import normalizer_from_spec  # noqa: E402
 from webrt.tokenizer.pre_tokenizers import GPT2_PATTERN, pre_tokenizer_from_spec  # noqa: E402
 from webrt.tokenizer.unicode_regex import compile_pattern  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 with open(ROOT / "tests" / "data" / "tokenizer_corpus.txt", encoding="utf-8", newline="") as _f:
     CORPUS = _f.read()
 LINES = CORPUS.split("\n")[:-1]

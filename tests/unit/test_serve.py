@@ -139,7 +139,7 @@ def test_serve_runs_from_an_installed_wheel(tmp_path: Path) -> None:
 
     import shutil
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     source = tmp_path / "source"  # a copy: an in-tree build would leave build/ in the checkout
     for name in ("site", "webrt"):
         shutil.copytree(repo / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))

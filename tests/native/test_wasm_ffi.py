@@ -35,7 +35,7 @@ from webrt.wasm.webgpu.buffers import RECYCLE_MAX_BYTES, BufferTable
 from webrt.wasm.webgpu.device import LiveBuffers
 from webrt.errors import FeatureNotSupportedError, ModelLibraryError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class BytesMemory(MemoryOps):

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from model_factory import tiny_artifacts
-from test_engine_helpers import engine_for, run
+from engine_util import engine_for, run
 from webrt import ChatModule
 from webrt.engine import Engine
 from webrt.engine.protocol import MAX_N

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from model_factory import REPO, tiny_artifacts
-from test_engine_helpers import engine_for, run
+from engine_util import engine_for, run
 from webrt import ChatModule
 from webrt.chat_module import StreamToStdout
 from webrt.errors import InvalidRequestError, WeightFileError
