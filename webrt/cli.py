@@ -127,6 +127,8 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", required=True, help="model folder (repeat for several models)")
     p.add_argument("--model-lib", action="append", required=True, help="its WebGPU library (.wasm), one per --model")
     p.add_argument("--model-id", action="append", help="its id in the page (default: the folder name)")
+    p.add_argument("--model-lib-cpu", action="append",
+                   help="its CPU library for browsers without a usable GPU (.wasm from --device wasm), one per --model")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--site", help="page folder to serve at / (default: the repo's site/; e.g. examples/get-started)")
     p.add_argument("--pyodide", help="the npm pyodide package folder (default: node_modules/pyodide)")
@@ -138,10 +140,11 @@ def _serve(p: argparse.ArgumentParser) -> None:
         from webrt.errors import ModelConfigError
         from webrt.tools.serve import ServedModel, demo_server
 
-        ids = a.model_id or []
-        if len(a.model_lib) != len(a.model) or len(ids) > len(a.model):
-            raise ModelConfigError("give one --model-lib (and at most one --model-id) per --model")
-        models = [ServedModel(m, lib, ids[i] if i < len(ids) else "")
+        ids, cpu_libs = a.model_id or [], a.model_lib_cpu or []
+        if len(a.model_lib) != len(a.model) or len(ids) > len(a.model) or len(cpu_libs) > len(a.model):
+            raise ModelConfigError("give one --model-lib (and at most one --model-id and --model-lib-cpu) per --model")
+        models = [ServedModel(m, lib, ids[i] if i < len(ids) else "",
+                              model_lib_cpu=cpu_libs[i] if i < len(cpu_libs) else None)
                   for i, (m, lib) in enumerate(zip(a.model, a.model_lib))]
         server = demo_server(models, a.port, a.site, a.pyodide, a.cache_backend, a.verbose)
         print(f"webrt: serving {', '.join(m.model_id for m in models)} at {server.url('/')} (Ctrl-C stops)",

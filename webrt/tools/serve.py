@@ -131,10 +131,20 @@ class ServedModel:
     model_lib: Path
     model_id: str = ""
     required_features: list[str] = field(default_factory=list)
+    #: the browser's CPU library (``webrt compile --device wasm``), for pages without a usable GPU
+    model_lib_cpu: Path | None = None
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir).expanduser().resolve()
         self.model_lib = Path(self.model_lib).expanduser().resolve()
+        if self.model_lib_cpu is not None:
+            self.model_lib_cpu = Path(self.model_lib_cpu).expanduser().resolve()
+            if self.model_lib_cpu.suffix != ".wasm" or not self.model_lib_cpu.is_file():
+                raise ModelConfigError(f"{self.model_lib_cpu} is not a .wasm file; build the CPU library with "
+                                       "`webrt compile <model>/mlc-chat-config.json --device wasm -o LIB.wasm`.")
+            if self.model_lib_cpu.name == self.model_lib.name:
+                raise ModelConfigError(f"the WebGPU and CPU libraries of {self.model_dir} are both named "
+                                       f"{self.model_lib.name}; give them different file names.")
         config = self.model_dir / CHAT_CONFIG_FILE
         if not config.is_file():
             raise WeightFileError(f"{self.model_dir} has no {CHAT_CONFIG_FILE}; run `webrt convert_weight` and "
@@ -152,20 +162,24 @@ class ServedModel:
     def model_url(self) -> str:
         return f"/models/{urllib.parse.quote(self.model_id)}/"
 
-    @property
-    def lib_url(self) -> str:
-        return f"/libs/{urllib.parse.quote(self.model_id)}/{urllib.parse.quote(self.model_lib.name)}"
+    def lib_url(self, lib: Path) -> str:
+        return f"/libs/{urllib.parse.quote(self.model_id)}/{urllib.parse.quote(lib.name)}"
 
     def record(self) -> dict[str, Any]:
         """This model's ModelRecord (JSON), with URLs relative to the server root."""
-        return {"model": self.model_url, "model_id": self.model_id, "model_lib": self.lib_url,
-                "required_features": self.required_features}
+        record: dict[str, Any] = {"model": self.model_url, "model_id": self.model_id,
+                                  "model_lib": self.lib_url(self.model_lib), "required_features": self.required_features}
+        if self.model_lib_cpu is not None:
+            record["model_lib_cpu"] = self.lib_url(self.model_lib_cpu)
+        return record
 
     def files(self) -> dict[str, Path]:
         """Exact URL path -> file, for every file this model needs and nothing else."""
         base = f"{self.model_url}resolve/main/"
         out = {base + urllib.parse.quote(name): self.model_dir / name for name in model_files(self.model_dir)}
-        out[self.lib_url] = self.model_lib
+        for lib in (self.model_lib, self.model_lib_cpu):
+            if lib is not None:
+                out[self.lib_url(lib)] = lib
         return out
 
 
