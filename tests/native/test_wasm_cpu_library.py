@@ -5,7 +5,7 @@ The CPU pipeline and schedules with TVM's LLVM target for wasm32 + simd128 (host
 runtime objects `wasm_runtime` and `tvmjs_support` only. Checked here on the tiny Llama: the
 target, the file name, the link (the same 11 imports as a WebGPU library, no WebGPU runtime
 inside) and the device recorded in `_metadata`. Running it (logits against the native CPU
-library, the loader's choice, the Engine) is tests/test_browser_cpu_wasm.py.
+library, the loader's choice, the Engine) is tests/browser/test_browser_cpu_wasm.py.
 """
 
 from __future__ import annotations
