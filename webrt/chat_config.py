@@ -30,6 +30,10 @@ def tokenizer_files(settings: Mapping[str, Any]) -> list[str]:
     return list(settings.get("tokenizer_files") or [TOKENIZER_JSON])
 
 
+#: The largest context / sliding window webrt builds or accepts (2**20 = 1,048,576 tokens): a KV
+#: cache beyond it does not fit a browser or a test machine (a 135M model needs ~24 GB at 2**20).
+MAX_CONTEXT_WINDOW = 2**20
+
 def read_int(settings: Mapping[str, Any], name: str, default: int) -> int:
     """``settings[name]`` as an integer (``default`` when absent or null)."""
     value = settings.get(name, default)

@@ -440,13 +440,6 @@ def test_chat_config_bad_fields_are_model_config_errors(base_change: dict, opts:
         merge_chat_config({**CHAT_CONFIG, **base_change}, opts)
 
 
-def test_chat_window_limit_matches_the_compiler() -> None:
-    from webrt.engine.config import MAX_CONTEXT_WINDOW
-    from webrt.models.config import MAX_CONTEXT_WINDOW as COMPILER_MAX
-
-    assert MAX_CONTEXT_WINDOW == COMPILER_MAX
-
-
 @pytest.mark.parametrize("data, field", [
     ({"model_list": None}, "model_list"), ({"model_list": 3}, "model_list"), ([], "AppConfig"),
     ({"model_list": [{**APP_CONFIG["model_list"][0], "required_features": 7}]}, "required_features"),

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from webrt.chat_config import CACHE_BACKENDS, WindowConfig, read_int, tokenizer_files, window_config
+from webrt.chat_config import CACHE_BACKENDS, MAX_CONTEXT_WINDOW, WindowConfig, read_int, tokenizer_files, window_config
 from webrt.conversation import Conversation, conv_template_from_config
 from webrt.engine.vocabulary import postproc_method
 from webrt.errors import ModelConfigError, ModelNotFoundError
@@ -217,11 +217,6 @@ def _number(merged: Mapping[str, Any], name: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ModelConfigError(f"{name} must be a number, got {value!r}")
     return float(value)
-
-
-#: The largest KV cache window a chat may ask for: webrt.models.config.MAX_CONTEXT_WINDOW (the
-#: compiler's limit), repeated here so the browser's engine does not import the compiler side.
-MAX_CONTEXT_WINDOW = 2**20
 
 
 def _object_or_none(value: Any, name: str) -> Mapping[str, Any]:

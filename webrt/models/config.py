@@ -13,12 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from webrt.chat_config import MAX_CONTEXT_WINDOW
 from webrt.errors import ModelConfigError
 
 
-#: The largest context / sliding window webrt builds or accepts (2**20 = 1,048,576 tokens): a KV
-#: cache beyond it does not fit a browser or a test machine (a 135M model needs ~24 GB at 2**20).
-MAX_CONTEXT_WINDOW = 2**20
 #: Sanity bound for the other sizes of config.json (vocabulary, hidden size, layers, heads, ...).
 MAX_DIMENSION = 2**31 - 1
 #: ``max_position_embeddings`` may exceed MAX_CONTEXT_WINDOW (gen_config then asks for a smaller
