@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from model_factory import smollm2_artifacts, smollm2_gguf
 from webrt.tools.bench.quality import QualityModel, bench_quality
 
-pytestmark = pytest.mark.slow
-
-QUALITY_TEXT = Path(__file__).parent / "data" / "quality_text.txt"
+QUALITY_TEXT = Path(__file__).parents[1] / "data" / "quality_text.txt"
 
 
 def test_gguf_f32_keeps_smollm2s_types_and_its_perplexity() -> None:
