@@ -1,4 +1,4 @@
-"""Tests of the web runtime build (webrt.compiler.web_runtime) and the .wasm export.
+"""Tests of the web runtime build (webrt.compiler.linking.web_runtime) and the .wasm export.
 
 The runtime objects take minutes to build the first time; every test here shares the cached
 build (`ensure_web_runtime()`) and one exported tiny model.

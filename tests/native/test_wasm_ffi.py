@@ -1,5 +1,5 @@
 """Native (CPython) tests of the pure logic of webrt.wasm: the TVM FFI ABI, arg frames, WASI,
-kernel launch specs, the Pyodide bundle. The browser side is tests/test_browser_runtime.py."""
+kernel launch specs, the Pyodide bundle. The browser side is tests/browser/test_browser_runtime.py."""
 
 from __future__ import annotations
 

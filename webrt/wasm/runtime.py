@@ -22,7 +22,7 @@ linked without Asyncify (no `asyncify_*` exports) and none is needed. Had a libr
 JSPI would do it without relinking: import the blocking callback as
 `WebAssembly.Suspending(js_fn)` and call that export through `WebAssembly.promising(export)`,
 awaiting (or `run_sync`-ing) the promise from Python -- checked in this Chromium with a hand-made
-module (tests/test_browser_runtime.py), not wired into the runtime because nothing needs it. (Plain `run_sync` inside a callback from the wasm fails:
+module (tests/browser/test_browser_runtime.py), not wired into the runtime because nothing needs it. (Plain `run_sync` inside a callback from the wasm fails:
 "Cannot stack switch because the Python entrypoint was a synchronous function" -- JS frames of
 the wasm call sit between Python and the suspension point.)
 """
