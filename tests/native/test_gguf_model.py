@@ -18,9 +18,10 @@ import transformers
 
 from model_factory import TINY_GGUF_TYPES, build_artifacts, cache_root, make_tiny_gguf, tiny_artifacts
 from test_models import PROMPT_LEN, generate, relative_error, runner_for
+from webrt.compiler.compile import compile_model
 from webrt.compiler.convert_weight import convert_weight
 from webrt.compiler.gen_config import gen_config
-from webrt.errors import UnsupportedQuantizationError
+from webrt.errors import ModelConfigError, UnsupportedQuantizationError
 
 DECODE_STEPS = 16
 
@@ -67,6 +68,16 @@ def test_each_matrix_keeps_its_type_and_fuses_only_within_one(tiny_gguf: Path) -
     assert "model.layers.1.self_attn.qkv_proj.q_lo" in params  # all Q2_K: fused
     assert params["model.layers.1.mlp.down_proj.weight"]["dtype"] == "float32"  # F16, kept as float32
     assert "model.layers.0.mlp.down_proj.q_min" not in params  # Q8_0 has no minimum
+
+
+def test_compile_refuses_missing_or_malformed_gguf_formats(tiny_gguf: Path, tmp_path: Path) -> None:
+    art = build_artifacts("tiny-gguf-every-type", tiny_gguf, "gguf_f32")
+    for bad in ([["lm_head", "Q5_K"]], {}):
+        config = {**art.chat_config, "gguf_formats": bad}
+        (tmp_path / "mlc-chat-config.json").write_text(json.dumps(config))
+        with pytest.raises(ModelConfigError, match="gguf_formats.*webrt gen_config"):
+            compile_model(tmp_path / "mlc-chat-config.json", "cpu", tmp_path / "lib.so")
+    assert not (tmp_path / "lib.so").exists()
 
 
 def test_gguf_f32_needs_a_gguf_source(tmp_path: Path) -> None:

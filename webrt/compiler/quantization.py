@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from webrt.errors import UnsupportedQuantizationError
+from webrt.errors import ModelConfigError, UnsupportedQuantizationError
 
 if TYPE_CHECKING:
     from webrt.compiler.sources import WeightSource
@@ -63,6 +63,9 @@ class Quantization:
 
     def with_formats(self, formats: dict[str, str]) -> "Quantization":
         """This ``gguf_f32`` scheme bound to one model's matrix types (``{"model.embed_tokens": "Q8_0"}``)."""
+        if not isinstance(formats, dict) or not all(isinstance(v, str) for v in formats.values()):
+            raise ModelConfigError("gguf_formats must map each matrix name to its GGUF type name; regenerate "
+                                   "mlc-chat-config.json with `webrt gen_config` from the GGUF.")
         return replace(self, gguf_formats=tuple(sorted(formats.items())))
 
     def for_source(self, source: "WeightSource") -> "Quantization":
