@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: build SmolLM2-135M-Instruct for WebGPU and the CPU, then serve the chat demo.
-#   bash scripts/run.sh          build, then serve http://127.0.0.1:8000 (browser chat on WebGPU)
+# The main job: build SmolLM2-135M-Instruct for WebGPU, the browser's CPU and the native CPU, then
+# serve the chat demo.
+#   bash scripts/run.sh          build, then serve http://127.0.0.1:8000 (browser chat: WebGPU, or the
+#                                CPU library where the page has no WebGPU or only a software adapter)
 #   bash scripts/run.sh chat     build, then chat in the terminal (CPU library, TVM's runtime)
 # WEBRT_QUANTIZATION picks the mode: gguf_f32 (default: every tensor in its own GGUF type, exactly
 # the file's model), or q4f32_1 / q4f16_1 / q0f32 (re-quantized into MLC's layouts).
@@ -21,9 +23,11 @@ if [ ! -f "$OUT/mlc-chat-config.json" ]; then
     --context-window-size 2048 --prefill-chunk-size 128 -o "$OUT"
 fi
 [ -f "$OUT/lib-webgpu.wasm" ] || webrt compile "$OUT/mlc-chat-config.json" --device webgpu -o "$OUT/lib-webgpu.wasm"
+[ -f "$OUT/lib-wasm.wasm" ] || webrt compile "$OUT/mlc-chat-config.json" --device wasm -o "$OUT/lib-wasm.wasm"
 [ -f "$OUT/lib-cpu.so" ] || webrt compile "$OUT/mlc-chat-config.json" --device cpu -o "$OUT/lib-cpu.so"
 
 if [ "${1:-serve}" = "chat" ]; then
   exec .venv/bin/webrt chat --model "$OUT" --model-lib "$OUT/lib-cpu.so"
 fi
-exec .venv/bin/webrt serve --model "$OUT" --model-lib "$OUT/lib-webgpu.wasm" --port "${PORT:-8000}"
+exec .venv/bin/webrt serve --model "$OUT" --model-lib "$OUT/lib-webgpu.wasm" --model-lib-cpu "$OUT/lib-wasm.wasm" \
+  --port "${PORT:-8000}"
