@@ -68,7 +68,8 @@ async function load() {
     const info = await py(`await app.load(${JSON.stringify(id)})`);
     ui.model.dataset.loaded = id;
     ui.bar.value = 1;
-    ui.status.textContent = `${id} is ready (${info.ready_s.toFixed(1)} s; ${info.pipelines_n} GPU pipelines, ` +
+    const runsOn = info.library === "cpu" ? `on the CPU: ${info.reason}` : `${info.pipelines_n} GPU pipelines`;
+    ui.status.textContent = `${id} is ready (${info.ready_s.toFixed(1)} s; ${runsOn}, ` +
       `${info.fetched_from_network ? info.fetched_from_network + " files downloaded" : "all files from the cache"}).`;
     history.length = 0;
   } catch (err) {
