@@ -99,6 +99,17 @@ async def wrong_paths():
     except LibraryDeviceError as exc:
         out["cpu_on_webgpu_path"] = str(exc)
 
+async def delete_libraries():
+    from webrt.ndarray_cache import cache_helpers
+    from webrt.ndarray_cache.artifact_cache import ArtifactCache
+    from webrt.ndarray_cache.urls import absolute_url
+
+    cache = ArtifactCache("cache")
+    cpu_url = absolute_url(CFG.find("tiny").model_lib_cpu)
+    before = await cache.wasm.has(cpu_url)
+    await cache_helpers.delete_model_wasm_in_cache("tiny", CFG)
+    out["cpu_library_cached"] = [before, await cache.wasm.has(cpu_url)]
+
 async def without_webgpu():
     js.eval("Object.defineProperty(self.navigator, 'gpu', {value: undefined, configurable: true})")
     choice = await WebGPUModelLoader(CFG).choose_library(CFG.find("tiny"))
@@ -149,6 +160,7 @@ def runs() -> dict[str, Any]:
                  timeout_s=300)
         lib_requests = [p for p in page.server.requests if p.startswith("/lib/")]
         browser = page.run("await asyncio.create_task(wrong_paths())\n"
+                           "await asyncio.create_task(delete_libraries())\n"
                            "await asyncio.create_task(without_webgpu())\nout", timeout_s=120)
         browser["lib_requests"] = lib_requests
     return {"browser": browser, "native": native_reference(art), "vocab": art.chat_config["vocab_size"]}
@@ -181,6 +193,10 @@ def test_runner_logits_match_the_native_cpu_library(runs: dict[str, Any]) -> Non
 def test_engine_greedy_reply_equals_native(runs: dict[str, Any]) -> None:
     assert runs["browser"]["text"] == runs["native"]["text"]
     assert runs["native"]["text"]
+
+
+def test_deleting_the_model_libraries_deletes_the_cpu_one_too(runs: dict[str, Any]) -> None:
+    assert runs["browser"]["cpu_library_cached"] == [True, False]
 
 
 def test_without_webgpu_the_loader_picks_the_cpu_library(runs: dict[str, Any]) -> None:

@@ -67,12 +67,15 @@ async def delete_chat_config_in_cache(model_id: str, app_config: Any) -> None:
 
 
 async def delete_model_wasm_in_cache(model_id: str, app_config: Any) -> None:
-    """Remove the model library of ``model_id`` and the kernel list saved for it."""
+    """Remove the model libraries of ``model_id`` (``model_lib``, and ``model_lib_cpu`` if the
+    record names one) and the kernel list saved for the WebGPU one."""
     record, backend = _record(model_id, app_config)
     cache = ArtifactCache(backend)
     url = library_url(record)
     await cache.wasm.delete(url)
     await cache.kernels.delete(url)
+    if record.model_lib_cpu:
+        await cache.wasm.delete(absolute_url(record.model_lib_cpu))
 
 
 async def delete_model_all_info_in_cache(model_id: str, app_config: Any) -> None:
