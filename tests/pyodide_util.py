@@ -132,3 +132,55 @@ def pyodide_page(routes: Mapping[str, Path] | None = None, worker: bool = False)
     """Context manager form of `PyodidePage`."""
     with PyodidePage(routes, worker=worker) as page:
         yield page
+
+
+#: Node script for `run_in_node_pyodide`: Pyodide with webrt's browser bundle on sys.path, the
+#: given folders mounted, then the Python file main.py run with top-level await allowed.
+_NODE_RUNNER = r"""
+import { loadPyodide } from "%(pyodide)s";
+import { readFileSync } from "node:fs";
+const py = await loadPyodide();
+py.unpackArchive(new Uint8Array(readFileSync("%(bundle)s")), "zip", { extractDir: "/bundle" });
+for (const [dir, root] of %(mounts)s) {
+  py.FS.mkdirTree(dir);
+  py.FS.mount(py.FS.filesystems.NODEFS, { root }, dir);
+}
+py.runPython("import sys; sys.path.insert(0, '/bundle')");
+try {
+  const result = await py.runPythonAsync(readFileSync("%(main)s", "utf8"));
+  console.log("RESULT " + py.runPython("import sys; sys.version.split()[0]") + " " + result);
+} catch (error) {
+  console.error(String(error.message).slice(-3000));
+  process.exit(3);
+}
+"""
+
+
+def run_in_node_pyodide(code: str, work: Path, mounts: Mapping[str, Path] | None = None,
+                        timeout_s: float = 300) -> tuple[str, str]:
+    """Run Python `code` (top-level await allowed; its last expression, a string, is the result)
+    under Pyodide in Node, importing webrt from the browser bundle, with `mounts` (folder in
+    Pyodide -> folder here) mounted. Returns (Python version, result); skips without node."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from webrt.tools.bundle import build_bundle
+
+    node = shutil.which("node")
+    if node is None or not (PYODIDE_DIR / "pyodide.mjs").is_file():
+        pytest.skip("node or npm pyodide is missing")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "bundle.zip").write_bytes(build_bundle())
+    (work / "main.py").write_text(code)
+    script = work / "run.mjs"
+    script.write_text(_NODE_RUNNER % {
+        "pyodide": (PYODIDE_DIR / "pyodide.mjs").as_posix(), "bundle": (work / "bundle.zip").as_posix(),
+        "main": (work / "main.py").as_posix(),
+        "mounts": json.dumps([[dir_, Path(root).resolve().as_posix()] for dir_, root in (mounts or {}).items()])})
+    done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    _, version, result = line.split(" ", 2)
+    return version, result

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
-from test_engine_pyodide import PYODIDE, SCENARIO
+from pyodide_util import run_in_node_pyodide
+from test_engine_pyodide import SCENARIO
 from test_model_chat_template import TOOLS, tiny_template_artifacts, tiny_template_hf
 
 PROMPTS = r'''
@@ -33,38 +30,10 @@ async def template_scenario(folder, vocab_size):
     return json.dumps([prompt, json.loads(await scenario(folder, vocab_size))])
 '''
 
-NODE_SCRIPT = r"""
-import { loadPyodide } from "%(pyodide)s";
-import { readFileSync } from "node:fs";
-const py = await loadPyodide();
-py.unpackArchive(new Uint8Array(readFileSync("%(bundle)s")), "zip", { extractDir: "/bundle" });
-for (const [dir, root] of [["/model", "%(model)s"], ["/work", "%(work)s"]]) {
-  py.FS.mkdirTree(dir);
-  py.FS.mount(py.FS.filesystems.NODEFS, { root }, dir);
-}
-try {
-  await py.runPythonAsync(`
-import sys
-sys.path.insert(0, "/bundle")
-exec(open("/work/scenario.py").read())
-result = await template_scenario("/model", %(vocab)d)
-print("RESULT " + sys.version.split()[0] + " " + result)
-`);
-} catch (error) {
-  console.error(String(error.message).slice(-3000));
-  process.exit(3);
-}
-"""
-
 
 def test_chat_template_engine_runs_the_same_under_pyodide(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from webrt.tools.bundle import build_bundle
-
-    node = shutil.which("node")
-    if node is None or not PYODIDE.exists():
-        pytest.skip("node or npm pyodide missing")
     art = tiny_template_artifacts()
     vocab = art.chat_config["vocab_size"]
     source = SCENARIO + f"\nTOOLS = {TOOLS!r}\n" + PROMPTS
@@ -77,16 +46,7 @@ def test_chat_template_engine_runs_the_same_under_pyodide(tmp_path: Path) -> Non
                 {"role": "user", "content": "and the lazy dog?"}]
     assert prompt == list(reference.apply_chat_template(messages, tools=TOOLS, enable_thinking=False,
                                                         add_generation_prompt=True, tokenize=True, return_dict=False))
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "scenario.py").write_text(source)
-    (tmp_path / "bundle.zip").write_bytes(build_bundle())
-    script = tmp_path / "run.mjs"
-    script.write_text(NODE_SCRIPT % {"pyodide": PYODIDE.as_posix(), "bundle": (tmp_path / "bundle.zip").as_posix(),
-                                     "model": art.model_dir.as_posix(), "work": work.as_posix(), "vocab": vocab})
-    result = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    _, version, payload = line.split(" ", 2)
+    version, payload = run_in_node_pyodide(source + f"\nawait template_scenario('/model', {vocab})",
+                                           tmp_path / "work", {"/model": art.model_dir})
     assert version.startswith("3.14")
     assert json.loads(payload) == json.loads(expected)

@@ -11,16 +11,10 @@ identical, so the engine behaves the same in both hosts.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
 from model_factory import tiny_artifacts
-
-ROOT = Path(__file__).resolve().parents[2]
-PYODIDE = ROOT / "node_modules" / "pyodide" / "pyodide.mjs"
+from pyodide_util import run_in_node_pyodide
 
 # Runs in both hosts: a backend made of Python lists, and the requests to compare.
 SCENARIO = r'''
@@ -177,32 +171,9 @@ async def scenario(folder, vocab_size):
     return json.dumps(out)
 '''
 
-NODE_SCRIPT = r"""
-import { loadPyodide } from "%(pyodide)s";
-const py = await loadPyodide();
-for (const [dir, root] of [["/repo", "%(repo)s"], ["/model", "%(model)s"], ["/work", "%(work)s"]]) {
-  py.FS.mkdirTree(dir);
-  py.FS.mount(py.FS.filesystems.NODEFS, { root }, dir);
-}
-try {
-  await py.runPythonAsync(`
-import sys
-sys.path.insert(0, "/repo")
-exec(open("/work/scenario.py").read())
-result = await scenario("/model", %(vocab)d)
-print("RESULT " + sys.version.split()[0] + " " + result)
-`);
-} catch (error) {
-  console.error(String(error.message).slice(-3000));
-  process.exit(3);
-}
-"""
 
 
 def test_engine_runs_the_same_under_pyodide(tmp_path: Path) -> None:
-    node = shutil.which("node")
-    if node is None or not PYODIDE.exists():
-        pytest.skip("node or npm pyodide missing")
     art = tiny_artifacts("smollm2")
     vocab = art.chat_config["vocab_size"]
     namespace: dict = {}
@@ -211,16 +182,8 @@ def test_engine_runs_the_same_under_pyodide(tmp_path: Path) -> None:
 
     expected = asyncio.run(namespace["scenario"](str(art.model_dir), vocab))
     assert json.loads(expected)[3][1] == "stop" and json.loads(expected)[4][1] == "stop"
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "scenario.py").write_text(SCENARIO)
-    script = tmp_path / "run.mjs"
-    script.write_text(NODE_SCRIPT % {"pyodide": PYODIDE.as_posix(), "repo": ROOT.as_posix(),
-                                     "model": art.model_dir.as_posix(), "work": work.as_posix(), "vocab": vocab})
-    result = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    _, version, payload = line.split(" ", 2)
+    version, payload = run_in_node_pyodide(SCENARIO + f"\nawait scenario('/model', {vocab})", tmp_path / "work",
+                                           {"/model": art.model_dir})
     assert version.startswith("3.14")
     got, want = json.loads(payload), json.loads(expected)
     assert got[:3] == want[:3] and got[5] == want[5]

@@ -133,36 +133,20 @@ def test_bad_templates_are_typed_errors() -> None:
         ChatTemplate(MISTRAL, {"bos_token": "<s>", "eos_token": "</s>"}).render([{"role": "tool", "content": "x"}])
 
 
-NODE_SCRIPT = r"""
-import { loadPyodide } from "%(pyodide)s";
-import { readFileSync } from "node:fs";
-const py = await loadPyodide();
-py.unpackArchive(new Uint8Array(readFileSync("%(bundle)s")), "zip", { extractDir: "/bundle" });
-py.FS.mkdirTree("/work");
-py.FS.mount(py.FS.filesystems.NODEFS, { root: "%(work)s" }, "/work");
-console.log(py.runPython(`
-import json, sys
-sys.path.insert(0, "/bundle")
+PYODIDE_RENDER = """
+import json
 from webrt.conversation.chat_template import ChatTemplate
-cases = json.load(open("/work/cases.json"))
-json.dumps([sys.version.split()[0]] + [ChatTemplate(c["source"], c["special"]).render(c["messages"]) for c in cases])
-`));
+cases = json.load(open("/cases/cases.json"))
+json.dumps([ChatTemplate(c["source"], c["special"]).render(c["messages"]) for c in cases])
 """
 
 
 def test_pyodide_renders_the_same_bytes_from_the_browser_bundle(tmp_path: Path) -> None:
     """The browser bundle carries jinja2 + markupsafe: Pyodide renders what transformers renders."""
-    import shutil
-    import subprocess
-
     from transformers import AutoTokenizer
 
-    from webrt.tools.bundle import build_bundle
-    from webrt.tools.paths import find_node_package
+    from pyodide_util import run_in_node_pyodide
 
-    pyodide = find_node_package("pyodide") / "pyodide.mjs"
-    if shutil.which("node") is None or not pyodide.is_file():
-        pytest.skip("node or npm pyodide is missing")
     cases, expected = [], []
     for name, (folder, override) in sorted(MODELS.items()):
         path = _tokenizer_dir(folder)
@@ -174,13 +158,8 @@ def test_pyodide_renders_the_same_bytes_from_the_browser_bundle(tmp_path: Path) 
             cases.append({"source": source, "special": special_tokens_from_config(config), "messages": messages})
             expected.append(reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                           chat_template=source))
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    (tmp_path / "bundle.zip").write_bytes(build_bundle())
-    script = tmp_path / "run.mjs"
-    script.write_text(NODE_SCRIPT % {"pyodide": pyodide.as_posix(), "bundle": (tmp_path / "bundle.zip").as_posix(),
-                                     "work": tmp_path.as_posix()})
-    result = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    version, *rendered = json.loads(result.stdout.strip().splitlines()[-1])
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "cases.json").write_text(json.dumps(cases))
+    version, rendered = run_in_node_pyodide(PYODIDE_RENDER, tmp_path / "work", {"/cases": tmp_path / "cases"})
     assert version.startswith("3.14")
-    assert rendered == expected
+    assert json.loads(rendered) == expected
