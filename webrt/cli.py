@@ -28,11 +28,13 @@ def _convert_weight(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="Hugging Face model folder or .gguf file")
     p.add_argument("--quantization", required=True, help="q0f32, q0f16, q4f16_1, q4f32_1, or gguf_f32 (GGUF sources)")
     p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--q4-encoder", choices=["search", "mlc"], default="search",
+                   help="q4 group scales: webrt's search (default, lower error) or MLC-LLM's max|w|/7 formula")
 
     def run(a: argparse.Namespace) -> None:
         from webrt.compiler.convert_weight import convert_weight
 
-        index = convert_weight(a.source, a.quantization, a.output)
+        index = convert_weight(a.source, a.quantization, a.output, q4_encoder=a.q4_encoder)
         md = index.metadata
         print(f"wrote {len(index.shards)} shard(s), {md['ParamBytes'] / 2**20:.1f} MiB, "
               f"{md['BitsPerParam']} bits/param to {a.output}")

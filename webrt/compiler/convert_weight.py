@@ -71,8 +71,11 @@ def _check_complete(source: WeightSource, params: list[tuple[str, tuple[int, ...
         )
 
 
-def convert_weight(source_path: str | Path, quantization: str, output: str | Path, show_progress: bool = True) -> TensorCacheIndex:
+def convert_weight(source_path: str | Path, quantization: str, output: str | Path, show_progress: bool = True,
+                   q4_encoder: str = "search") -> TensorCacheIndex:
     """Convert and quantize weights into ``output`` (tensor-cache.json + params_shard_*.bin).
+
+    ``q4_encoder`` picks how q4 group scales are chosen (quantization.Q4_ENCODERS).
 
     ``output`` may hold other files (gen_config's, libraries): they stay. An earlier conversion's
     shards and index there are replaced, and its shards the new index does not name are deleted.
@@ -95,7 +98,7 @@ def convert_weight(source_path: str | Path, quantization: str, output: str | Pat
         bar = tqdm(total=len(params), desc=f"convert {quantization}", unit="tensor", disable=not show_progress)
 
         def tensors():
-            for name, value in convert_params(source, params, quant, config.tie_word_embeddings, segments):
+            for name, value in convert_params(source, params, quant, config.tie_word_embeddings, segments, q4_encoder):
                 bar.update(1)
                 bar.set_postfix_str(name[-40:], refresh=False)
                 yield name, value.shape, str(value.dtype), value

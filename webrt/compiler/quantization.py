@@ -116,25 +116,33 @@ def get_quantization(name: str) -> Quantization:
 
 
 SCALE_DIVISORS = tuple(6.5 + 2.5 * i / 15 for i in range(16))  # scale = max|w| / divisor
+#: How grouped scales are chosen: webrt's search over SCALE_DIVISORS with all 16 codes, or
+#: MLC-LLM's formula (scale = max|w| / 7, codes 0..14), for a conversion MLC would produce.
+Q4_ENCODERS = ("search", "mlc")
 
 
-def quantize_grouped(weight: np.ndarray, quant: Quantization) -> tuple[np.ndarray, np.ndarray]:
+def quantize_grouped(weight: np.ndarray, quant: Quantization, encoder: str = "search"
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Pack a float ``[..., K]`` matrix into (q_weight uint32 ``[..., K/8]``, q_scale ``[..., K/32]``).
 
     For each group, every candidate scale is rounded to the storage dtype first and the codes
     are chosen against that rounded value, so dequantization reproduces what was measured.
+    ``encoder`` is one of Q4_ENCODERS.
     """
+    if encoder not in Q4_ENCODERS:
+        raise UnsupportedQuantizationError(f"unknown q4 encoder {encoder!r}; choose one of {', '.join(Q4_ENCODERS)}")
     assert quant.is_grouped
     w = np.asarray(weight, dtype=np.float32)
     *lead, k = w.shape
     quant.check_reduction_dim("weight", k)
     groups = w.reshape(-1, quant.group_size)
     amax = np.abs(groups).max(axis=-1, keepdims=True)
-    top_code = (1 << quant.bits) - 1
+    top_code = (1 << quant.bits) - 1 if encoder == "search" else 2 * quant.max_int
+    divisors = SCALE_DIVISORS if encoder == "search" else (float(quant.max_int),)
     best_err = np.full(amax.shape, np.inf, dtype=np.float32)
     best_scale = np.zeros(amax.shape, dtype=np.float32)
     best_codes = np.zeros(groups.shape, dtype=np.float32)
-    for divisor in SCALE_DIVISORS:
+    for divisor in divisors:
         scale = (amax / divisor).astype(quant.model_dtype).astype(np.float32)
         safe = np.where(scale == 0, 1, scale)
         codes = np.clip(np.rint(groups / safe) + quant.max_int, 0, top_code)

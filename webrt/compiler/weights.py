@@ -68,6 +68,7 @@ def convert_params(
     quant: Quantization,
     tie_word_embeddings: bool,
     segments: dict[str, Segment] | None = None,
+    q4_encoder: str = "search",
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, array)`` for every library parameter, in order, with checked shapes.
 
@@ -84,7 +85,7 @@ def convert_params(
         elif name.endswith((".q_weight", ".q_scale")):
             base = name.rsplit(".", 1)[0]
             w = float_param(source, base + ".weight", tie_word_embeddings)
-            q_weight, q_scale = quantize_grouped(w, quant)
+            q_weight, q_scale = quantize_grouped(w, quant, q4_encoder)
             pending[base + ".q_scale"], pending[base + ".q_weight"] = q_scale, q_weight
             value = pending.pop(name)
         else:
