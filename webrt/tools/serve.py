@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
 import threading
 import urllib.parse
@@ -263,7 +264,7 @@ class ArtifactHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.NOT_FOUND)
             return
         with stream:
-            self.send_ok_headers(ctype, Path(found).stat().st_size)
+            self.send_ok_headers(ctype, os.fstat(stream.fileno()).st_size)
             if send_body:
                 shutil.copyfileobj(stream, self.wfile, 1 << 20)
 
