@@ -25,6 +25,14 @@ GROUP_MARKERS: dict[str, tuple[str, ...]] = {
     "model": ("model", "slow"),
 }
 TESTS_DIR = Path(__file__).resolve().parent
+#: Native tests that take long on 2 cores (fuzzing, the soak, whole-library links, Pyodide in
+#: Node): the full suite runs them; the quick ``-m "not slow"`` answer leaves them out.
+SLOW_NATIVE = (
+    "native/test_input_fuzz.py", "native/test_request_properties.py", "native/test_wasm_cpu_library.py",
+    "native/test_gguf_model.py", "native/test_chat_template_engine_pyodide.py", "native/test_engine_pyodide.py",
+    "native/test_soak.py", "native/test_cli.py::test_cli_end_to_end",
+    "native/test_wasm_ffi.py::test_model_library_needs_no_asyncify",
+)
 
 
 # Test files import the shared helpers beside this file and, now and then, each other's fixtures
@@ -39,6 +47,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = Path(str(item.fspath)).resolve().relative_to(TESTS_DIR).parts[0]
         for name in GROUP_MARKERS.get(group, ()):
             item.add_marker(name)
-        if item.get_closest_marker("browser") is not None and item.get_closest_marker("slow") is None:
-            item.add_marker("slow")  # a browser test in a native file (e.g. the bench's) is slow too
+        if item.get_closest_marker("slow") is None and (
+                item.get_closest_marker("browser") is not None  # a browser test in a native file
+                or any(item.nodeid.startswith(f"tests/{slow}") for slow in SLOW_NATIVE)):
+            item.add_marker("slow")
 
