@@ -116,3 +116,21 @@ def token_ids_from_logprobs(engine: Engine, content: list[dict[str, Any]]) -> li
     table = engine.get_model().token_bytes()
     by_bytes = {data: i for i, data in enumerate(table) if data}
     return [by_bytes[bytes(entry["bytes"])] for entry in content]
+
+
+def native_greedy_steps(art: Any, prompt: list[int], steps: int) -> dict[str, Any]:
+    """Prefill `prompt`, then `steps` greedy decode steps with the CPU library on TVM's runtime:
+    every step's logits and the tokens (the reference the browser paths are checked against)."""
+    from webrt.chat_config import window_config
+    from webrt.engine.model_runner import ModelRunner
+    from webrt.native.backend import NativeBackend
+
+    runner = ModelRunner(NativeBackend(art.model_dir, art.libs["cpu"]), window_config(art.chat_config))
+    logits = runner.prefill(prompt)
+    out: dict[str, Any] = {"logits": [runner.logits_to_list(logits)], "tokens": [runner.argmax(logits)]}
+    for _ in range(steps):
+        logits = runner.decode(out["tokens"][-1])
+        out["logits"].append(runner.logits_to_list(logits))
+        out["tokens"].append(runner.argmax(logits))
+    runner.backend.close()
+    return out

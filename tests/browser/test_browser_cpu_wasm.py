@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 import pyodide_util
+from engine_util import native_greedy_steps
 from test_wasm_cpu_library import tiny_wasm_artifacts
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -121,19 +122,8 @@ async def without_webgpu():
 def native_reference(art: Any) -> dict[str, Any]:
     """Runner steps and the Engine's greedy reply with the CPU .so on TVM's runtime."""
     from webrt.engine import AppConfig, Engine
-    from webrt.engine.model_runner import ModelRunner, WindowConfig
-    from webrt.native.backend import NativeBackend
 
-    cfg = art.chat_config
-    window = WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"], cfg["attention_sink_size"],
-                          cfg["prefill_chunk_size"])
-    runner = ModelRunner(NativeBackend(art.model_dir, art.libs["cpu"]), window)
-    logits = runner.prefill(PROMPT)
-    out: dict[str, Any] = {"logits": [runner.logits_to_list(logits)], "tokens": [runner.argmax(logits)]}
-    for _ in range(DECODE_STEPS):
-        logits = runner.decode(out["tokens"][-1])
-        out["logits"].append(runner.logits_to_list(logits))
-        out["tokens"].append(runner.argmax(logits))
+    out = native_greedy_steps(art, PROMPT, DECODE_STEPS)
 
     async def chat() -> str:
         engine = Engine(AppConfig([{"model": str(art.model_dir), "model_id": "tiny", "model_lib": str(art.libs["cpu"])}]))

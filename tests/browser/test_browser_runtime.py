@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import pyodide_util
+from engine_util import native_greedy_steps
 
 pytestmark = pytest.mark.browser
 
@@ -42,21 +43,7 @@ def _routes(art: Any) -> dict[str, Path]:
 
 def native_reference(art: Any) -> dict[str, Any]:
     """Prefill + greedy decode with the CPU library (TVM's own runtime)."""
-    from webrt.engine.model_runner import ModelRunner, WindowConfig
-    from webrt.native.backend import NativeBackend
-
-    cfg = art.chat_config
-    window = WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"], cfg["attention_sink_size"],
-                          cfg["prefill_chunk_size"])
-    runner = ModelRunner(NativeBackend(art.model_dir, art.libs["cpu"]), window)
-    logits = runner.prefill(PROMPT)
-    all_logits = [runner.logits_to_list(logits)]
-    tokens = [runner.argmax(logits)]
-    for _ in range(DECODE_STEPS):
-        logits = runner.decode(tokens[-1])
-        all_logits.append(runner.logits_to_list(logits))
-        tokens.append(runner.argmax(logits))
-    return {"logits": all_logits, "tokens": tokens}
+    return native_greedy_steps(art, PROMPT, DECODE_STEPS)
 
 
 BROWSER_RUN = r"""
