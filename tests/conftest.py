@@ -52,3 +52,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 or any(item.nodeid.startswith(f"tests/{slow}") for slow in SLOW_NATIVE)):
             item.add_marker("slow")
 
+
+
+@pytest.fixture(scope="session")
+def hf_dir() -> Path:
+    """A tiny Llama-2-style Hugging Face folder (seeded, cached) for the compiler CLI tests."""
+    from model_factory import cache_root, make_tiny_hf
+
+    path = cache_root() / "hf-cli-llama-v1"
+    if not (path / "config.json").is_file():
+        make_tiny_hf("llama2", path, seed=3)
+    return path

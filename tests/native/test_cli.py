@@ -18,7 +18,7 @@ import pytest
 import tvm
 from tvm.contrib import tvmjs
 
-from model_factory import cache_root, make_tiny_hf, smollm2_gguf
+from model_factory import smollm2_gguf
 from webrt.compiler.convert_weight import convert_weight
 from webrt.ndarray_cache.format import TensorCacheIndex
 from webrt.ndarray_cache.writer import write_tensor_cache
@@ -28,14 +28,6 @@ WEBRT = [sys.executable, "-m", "webrt.cli"]
 
 def webrt(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*WEBRT, *args], capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory) -> Path:
-    path = cache_root() / "hf-cli-llama-v1"
-    if not (path / "config.json").is_file():
-        make_tiny_hf("llama2", path, seed=3)
-    return path
 
 
 def test_cli_end_to_end(hf_dir: Path, tmp_path: Path) -> None:

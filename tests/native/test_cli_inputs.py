@@ -218,16 +218,6 @@ def test_compile_overrides_in_range_unchanged() -> None:
         model_config_for(_chat_config(context_window_size="256"), {})
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory) -> Path:
-    from model_factory import cache_root, make_tiny_hf
-
-    path = cache_root() / "hf-cli-llama-v1"
-    if not (path / "config.json").is_file():
-        make_tiny_hf("llama2", path, seed=3)
-    return path
-
-
 @pytest.mark.parametrize("kwargs, name", [
     ({"context_window_size": 10**9}, "context_window_size"), ({"context_window_size": 0}, "context_window_size"),
     ({"prefill_chunk_size": 0}, "prefill_chunk_size"), ({"attention_sink_size": -100}, "attention_sink_size"),
