@@ -38,6 +38,35 @@ def hf_model(path: str, gguf_file: str | None = None) -> Any:
     return transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
 
 
+def smollm2_reference() -> Any:
+    """transformers on the SmolLM2-135M-Instruct GGUF: the reference model of the SmolLM2 tests."""
+    from model_factory import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    return hf_model(str(gguf.parent), gguf.name)
+
+
+def smollm2_chat_ids(messages: list[dict[str, Any]]) -> list[int]:
+    """transformers' ``apply_chat_template`` ids for ``messages`` (SmolLM2's own template)."""
+    from model_factory import smollm2_gguf
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+async def two_turns(engine: Engine, first: list[dict[str, Any]], follow_up: str,
+                    max_tokens: int) -> tuple[list[dict[str, Any]], Any, Any]:
+    """Ask ``first``, then ``follow_up`` after the greedy reply: (the second turn's messages, the
+    first reply, the second reply)."""
+    one = await engine.chat.completions.create(messages=first, temperature=0, max_tokens=max_tokens)
+    history = [*first, {"role": "assistant", "content": one.choices[0].message.content},
+               {"role": "user", "content": follow_up}]
+    two = await engine.chat.completions.create(messages=history, temperature=0, max_tokens=max_tokens)
+    return history, one, two
+
+
 def hf_logits(model: Any, tokens: list[int]) -> np.ndarray:
     """Logits after the last token (float64 for references)."""
     import torch

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from model_factory import build_artifacts, smollm2_gguf
-from engine_util import engine_for, hf_model, run, token_ids_from_logprobs
+from engine_util import engine_for, run, smollm2_chat_ids, smollm2_reference, token_ids_from_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +37,10 @@ def smollm2(quantization: str):
                            gen_config_args={"context_window_size": 2048, "prefill_chunk_size": 512})
 
 
-def hf_reference():
-    gguf = smollm2_gguf()
-    return hf_model(str(gguf.parent), gguf.name)
-
-
-def hf_chat_ids(messages) -> list[int]:
-    from transformers import AutoTokenizer
-
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-
-
 def hf_greedy_tokens(prompt: list[int], steps: int) -> list[int]:
     import torch
 
-    model = hf_reference()
+    model = smollm2_reference()
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False, eos_token_id=STOP_ID,
                              pad_token_id=STOP_ID)
@@ -92,7 +79,7 @@ def test_q0f32_greedy_equals_transformers_on_the_same_gguf() -> None:
         return prompt, reply, token_ids_from_logprobs(engine, reply.choices[0].logprobs.content)
 
     prompt, reply, tokens = run(main())
-    assert prompt == hf_chat_ids([{"role": "system", "content": SYSTEM}, *FRANCE])
+    assert prompt == smollm2_chat_ids([{"role": "system", "content": SYSTEM}, *FRANCE])
     expected = hf_greedy_tokens(prompt, steps)
     assert tokens == expected
     assert "Paris" in reply.choices[0].message.content
@@ -141,7 +128,7 @@ def test_q4f32_1_matches_transformers_on_its_own_weights_and_top1_vs_gguf() -> N
     import torch
 
     art = smollm2("q4f32_1")
-    requantized = copy.deepcopy(hf_reference())
+    requantized = copy.deepcopy(smollm2_reference())
     result = requantized.load_state_dict(dequantized_q4_state_dict(art.model_dir), strict=False)
     assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys  # tied to the embedding
     requantized.tie_weights()
@@ -162,7 +149,7 @@ def test_q4f32_1_matches_transformers_on_its_own_weights_and_top1_vs_gguf() -> N
         with torch.no_grad():  # teacher forcing on the engine's own continuation
             sequence = torch.tensor([prompt + tokens])
             ours_ref = requantized(sequence).logits[0, len(prompt) - 1 : -1].double()
-            gguf_ref = hf_reference()(sequence).logits[0, len(prompt) - 1 : -1].double()
+            gguf_ref = smollm2_reference()(sequence).logits[0, len(prompt) - 1 : -1].double()
         assert ours_ref.argmax(-1).tolist() == tokens
         reference = torch.log_softmax(ours_ref, -1)[torch.arange(len(tokens)), tokens].numpy()
         np.testing.assert_allclose(logprobs, reference, atol=1e-3)

@@ -18,7 +18,7 @@ import random
 import pytest
 
 from model_factory import smollm2_artifacts, smollm2_gguf
-from engine_util import engine_for, hf_model, run, token_ids_from_logprobs
+from engine_util import engine_for, run, smollm2_chat_ids, smollm2_reference, token_ids_from_logprobs, two_turns
 
 pytestmark = pytest.mark.slow
 
@@ -49,26 +49,13 @@ def art():
     return smollm2_artifacts("q0f32")
 
 
-def _reference():
-    gguf = smollm2_gguf()
-    return hf_model(str(gguf.parent), gguf.name)
-
-
-def _hf_ids(messages) -> list[int]:
-    from transformers import AutoTokenizer
-
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-
-
 def mean_loglik(prompt: list[int], reply: list[int]) -> float:
     """Mean log-probability (nats, temperature 1) of ``reply``'s tokens after ``prompt`` under the
     reference model."""
     import torch
 
     with torch.no_grad():
-        logits = _reference()(torch.tensor([prompt + reply])).logits[0, len(prompt) - 1: -1].double()
+        logits = smollm2_reference()(torch.tensor([prompt + reply])).logits[0, len(prompt) - 1: -1].double()
     logprobs = torch.log_softmax(logits, -1)[torch.arange(len(reply)), torch.tensor(reply)]
     return float(logprobs.mean())
 
@@ -82,7 +69,7 @@ def test_defaults_come_from_the_gguf_and_gen_config(art) -> None:
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 def test_engine_prefills_transformers_ids(art, name: str) -> None:
     messages = CONVERSATIONS[name]
-    expected = _hf_ids(messages)
+    expected = smollm2_chat_ids(messages)
 
     async def main():
         engine = await engine_for(art)
@@ -97,14 +84,10 @@ def test_second_turn_prefills_only_the_new_turn(art) -> None:
 
     async def main():
         engine = await engine_for(art)
-        one = await engine.chat.completions.create(messages=first, temperature=0, max_tokens=24)
-        history = [*first, {"role": "assistant", "content": one.choices[0].message.content},
-                   {"role": "user", "content": "And of Germany?"}]
-        two = await engine.chat.completions.create(messages=history, temperature=0, max_tokens=24)
-        return history, one, two, engine.get_model().cached_tokens
+        return *await two_turns(engine, first, "And of Germany?", 24), engine.get_model().cached_tokens
 
     history, one, two, cached = run(main())
-    expected = _hf_ids(history)
+    expected = smollm2_chat_ids(history)
     assert cached[: len(expected)] == expected
     assert two.usage.prompt_tokens_details["cached_tokens"] >= one.usage.prompt_tokens
     assert two.usage.extra["prefill_tokens"] < len(expected) - one.usage.prompt_tokens  # the reply is reused too
@@ -128,7 +111,7 @@ def test_default_settings_answer_everyday_questions(art) -> None:
         return rows, old_rows, model.vocab_size
 
     rows, old_rows, vocab = run(main())
-    assert rows[0][1] == _hf_ids([{"role": "user", "content": QUESTIONS[0]}])
+    assert rows[0][1] == smollm2_chat_ids([{"role": "user", "content": QUESTIONS[0]}])
     rng = random.Random(0)
     report = []
     for question, prompt, tokens, text in rows:

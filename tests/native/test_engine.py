@@ -27,6 +27,7 @@ from engine_util import (
     record_for,
     run,
     token_ids_from_logprobs,
+    two_turns,
     top_p_choice,
 )
 from webrt.conversation import conv_template_from_config
@@ -346,10 +347,7 @@ def test_completion_stream_with_logprobs(llama2) -> None:
 def test_multi_round_reuses_the_cache_and_matches_fresh_prefill(smol) -> None:
     async def main():
         engine = await engine_for(smol)
-        first = await engine.chat.completions.create(messages=USER, temperature=0, max_tokens=6)
-        history = [*USER, {"role": "assistant", "content": first.choices[0].message.content},
-                   {"role": "user", "content": "The quick brown fox"}]
-        second = await engine.chat.completions.create(messages=history, temperature=0, max_tokens=12)
+        history, first, second = await two_turns(engine, USER, "The quick brown fox", 12)
         extra = second.usage.extra
         assert extra["prefill_tokens"] < second.usage.prompt_tokens
         assert second.usage.prompt_tokens_details["cached_tokens"] == second.usage.prompt_tokens - extra["prefill_tokens"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from model_factory import build_artifacts, cache_root, make_tiny_hf, smollm2_gguf, smollm2_tokenizer_dir
-from engine_util import engine_for, record_for, run
+from engine_util import engine_for, record_for, run, two_turns
 from webrt.compiler.gen_config import GENERATION_DEFAULTS, gen_config
 from webrt.engine import AppConfig, Engine
 from webrt.errors import ConversationTemplateError, InvalidRequestError
@@ -246,11 +246,7 @@ def test_second_turn_reuses_the_cache_with_the_template(tiny, tiny_hf: Path) -> 
 
     async def main():
         engine = await engine_for(tiny)
-        one = await engine.chat.completions.create(messages=first, temperature=0, max_tokens=6)
-        history = [*first, {"role": "assistant", "content": one.choices[0].message.content},
-                   {"role": "user", "content": "And Germany?"}]
-        two = await engine.chat.completions.create(messages=history, temperature=0, max_tokens=6)
-        return history, one, two, engine.get_model().cached_tokens
+        return *await two_turns(engine, first, "And Germany?", 6), engine.get_model().cached_tokens
 
     history, one, two, cached = run(main())
     expected = _hf_ids(tiny_hf, history)
