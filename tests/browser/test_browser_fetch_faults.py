@@ -45,15 +45,15 @@ MODEL_LIST = %(model_list)s
 POLICY = FetchPolicy(attempts=%(attempts)d, backoff_s=0.05, max_backoff_s=0.1, stall_timeout_s=%(stall)r)
 GPU = None
 
-def app_config():
-    return AppConfig.from_dict({"model_list": MODEL_LIST})
+def app_config(backend="cache"):
+    return AppConfig.from_dict({"model_list": MODEL_LIST, "cache_backend": backend})
 
 def failed(exc):
     return [type(exc).__name__, str(exc)]
 
-async def stored(model_id):
+async def stored(model_id, backend="cache"):
     record = app_config().find(model_id)
-    cache = ArtifactCache("cache")
+    cache = ArtifactCache(backend)
     base = model_base_url(record)
     files = {}
     for url in await cache.model.keys():
@@ -63,13 +63,13 @@ async def stored(model_id):
             "config": [u[len(base):] for u in await cache.config.keys() if u.startswith(base)],
             "wasm": [u == library_url(record) for u in await cache.wasm.keys()]}
 
-async def clear(model_id="sharded"):
-    await cache_helpers.delete_model_all_info_in_cache(model_id, app_config())
+async def clear(model_id="sharded", backend="cache"):
+    await cache_helpers.delete_model_all_info_in_cache(model_id, app_config(backend))
 
-async def weights(model_id="sharded"):
+async def weights(model_id="sharded", backend="cache"):
     # the index and every shard through the cache, as the loader fetches them (no GPU)
     record = app_config().find(model_id)
-    cache = ArtifactCache("cache", 4, POLICY)
+    cache = ArtifactCache(backend, 4, POLICY)
     base = model_base_url(record)
     out = {}
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ async def weights(model_id="sharded"):
         out["error"] = failed(exc)
     out["s"] = time.perf_counter() - t0
     out["network"] = cache.stats.network
-    out["stored"] = await stored(model_id)
+    out["stored"] = await stored(model_id, backend)
     return out
 
 async def small_file(kind, name="", model_id="sharded"):
@@ -212,17 +212,18 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         run("html_config", "reload('sharded')", {"mlc-chat-config.json": "html"})
 
         # a real quota: Chromium's quota for this origin set to what it uses now + 250 kB
-        _call(page, "clear()")
         cdp = page.browser.page.context.new_cdp_session(page.browser.page)
-        usage = int(cdp.send("Storage.getUsageAndQuota", {"origin": server.base_url})["usage"])
-        cdp.send("Storage.overrideQuotaForOrigin", {"origin": server.base_url, "quotaSize": usage + 250_000})
-        n0 = len(server.requests)
-        out["quota"] = _call(page, "weights()")
-        out["quota"]["requests"] = _counts(server, n0)
-        cdp.send("Storage.overrideQuotaForOrigin", {"origin": server.base_url})  # back to the default
-        n0 = len(server.requests)
-        out["quota_resume"] = _call(page, "weights()")
-        out["quota_resume"]["requests"] = _counts(server, n0)
+        for backend in ("cache", "indexeddb"):
+            _call(page, f"clear(backend={backend!r})")
+            usage = int(cdp.send("Storage.getUsageAndQuota", {"origin": server.base_url})["usage"])
+            cdp.send("Storage.overrideQuotaForOrigin", {"origin": server.base_url, "quotaSize": usage + 250_000})
+            n0 = len(server.requests)
+            out[f"quota_{backend}"] = _call(page, f"weights(backend={backend!r})")
+            out[f"quota_{backend}"]["requests"] = _counts(server, n0)
+            cdp.send("Storage.overrideQuotaForOrigin", {"origin": server.base_url})  # back to the default
+            n0 = len(server.requests)
+            out[f"quota_resume_{backend}"] = _call(page, f"weights(backend={backend!r})")
+            out[f"quota_resume_{backend}"]["requests"] = _counts(server, n0)
         out["console"] = [m for m in page.console if m.startswith("pageerror")]
     return out
 
@@ -310,17 +311,19 @@ def test_an_html_page_instead_of_the_file_is_refused_and_not_stored(faults: dict
     assert requested[0] not in stored["model"] and stored["config"] == [] and stored["wasm"] == []
 
 
-def test_a_full_quota_names_the_space_needed_and_the_ways_out(faults: dict[str, Any]) -> None:
-    run = faults["quota"]
+@pytest.mark.parametrize("backend, other", [("cache", "indexeddb"), ("indexeddb", "cache")])
+def test_a_full_quota_names_the_space_needed_and_the_ways_out(faults: dict[str, Any], backend: str,
+                                                              other: str) -> None:
+    run = faults[f"quota_{backend}"]
     kind, message = run["error"]
     assert kind == "StorageQuotaError"
     total = sum(faults["sizes"].values())
     assert f"the weights of this model need {total / 2**20:.1f} MB" in message and "are cached" in message
-    assert "delete_model_all_info_in_cache" in message and "cache_backend='indexeddb'" in message
+    assert "delete_model_all_info_in_cache" in message and f"cache_backend={other!r}" in message
     stored = _shards_stored(run)
     assert len(stored) < len(faults["shards"])
     assert all(size == faults["sizes"][n] for n, size in stored.items())  # nothing partial
-    resume = faults["quota_resume"]
+    resume = faults[f"quota_resume_{backend}"]
     assert resume.get("ok"), resume.get("error")
     assert {n for n in resume["requests"] if n.startswith("params_shard")} == set(faults["shards"]) - set(stored)
 
