@@ -34,8 +34,8 @@ from webrt.engine.progress import InitProgressCallback, InitProgressReport
 from webrt.errors import FetchError, IntegrityError, ModelConfigError, StorageQuotaError, WeightFileError
 from webrt.ndarray_cache.fetch import DEFAULT_POLICY, Expected, FetchPolicy, download, download_text
 from webrt.ndarray_cache.format import INDEX_NAME, INDEX_NAMES, LEGACY_INDEX_NAME, ShardRecord, TensorCacheIndex
-from webrt.ndarray_cache.integrity import ModelIntegrity, check_sri
-from webrt.ndarray_cache.store import ArtifactStore, get_text, open_store, storage_estimate
+from webrt.ndarray_cache.integrity import ModelIntegrity, check_sri_in_browser
+from webrt.ndarray_cache.store import ArtifactStore, decode_text, get_text, open_store, storage_estimate
 from webrt.ndarray_cache.urls import CONFIG_SCOPE, KERNELS_SCOPE, MODEL_SCOPE, WASM_SCOPE, join_url
 
 DEFAULT_CONCURRENCY = 4
@@ -80,10 +80,10 @@ class ArtifactCache:
         stored only after ``check(text)`` passed (default for ``.json`` names: it parses as JSON)."""
         name = url.rsplit("/", 1)[-1]
         expected = _expected(integrity, name)
-        text = await get_text(store, url)
-        if text is not None and await self._still_matches(store, url, text.encode(), expected):
+        data = await store.get(url)
+        if data is not None and await self._still_matches(store, url, data, expected):
             self.stats.cached.append(url)
-            return text
+            return decode_text(data)
         text = await download_text(url, name, expected, self.policy)
         if text is None:
             return None
@@ -114,12 +114,12 @@ class ArtifactCache:
         return data
 
     async def _still_matches(self, store: ArtifactStore, url: str, data: Any, expected: Expected) -> bool:
-        """Whether a cached file matches its integrity hash (True without one); a stale copy is dropped."""
+        """Whether a cached file (an ArrayBuffer) matches its integrity hash (True without one); a
+        stale copy is dropped."""
         if expected.sri is None:
             return True
-        raw = data if isinstance(data, bytes) else _first_bytes(data, int(data.byteLength))
         try:
-            check_sri(raw, expected.sri, url.rsplit("/", 1)[-1], url, expected.on_failure)
+            await check_sri_in_browser(data, expected.sri, url.rsplit("/", 1)[-1], url, expected.on_failure)
         except IntegrityError:
             await store.delete(url)
             return False

@@ -5,10 +5,10 @@
 - every wait on the network is bounded: the response headers, then each chunk of the body, must
   come within ``stall_timeout_s``, else the request is aborted (``AbortController``);
 - the body is read chunk by chunk (``ReadableStream`` reader); each chunk is counted and, when the
-  index records an md5sum or the ModelRecord an integrity hash, hashed (`ShardVerifier`,
-  `IntegrityHasher`; a transient copy of the chunk is hashed, the data stays in JS), then the
-  chunks are joined into one ArrayBuffer in JS. A cut connection, a short or long body or a bad
-  hash raises before anything could be stored;
+  index records an md5sum, hashed (`ShardVerifier`; a transient copy of the chunk is hashed, the
+  data stays in JS), then the chunks are joined into one ArrayBuffer in JS, which is checked
+  against the ModelRecord's integrity hash if it gives one (`check_sri_in_browser`). A cut
+  connection, a short or long body or a bad hash raises before anything could be stored;
 - an HTML page where a file was expected (a captive portal, a login page, a host that answers
   every path with its index page) is refused by its Content-Type or its first bytes;
 - transient faults are retried, up to ``attempts`` tries with exponential backoff: a network
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from webrt.errors import CacheIntegrityError, FetchError, ModelConfigError
-from webrt.ndarray_cache.integrity import IntegrityHasher
+from webrt.ndarray_cache.integrity import check_sri_in_browser
+from webrt.ndarray_cache.store import decode_text
 from webrt.ndarray_cache.verify import ShardVerifier
 
 OnBytes = Callable[[int], None]
@@ -184,37 +185,33 @@ async def _download_once(url: str, name: str, expected: Expected, policy: FetchP
     except BaseException:
         controller.abort()  # frees the connection; a no-op once the body was read
         raise
-    return _join(js, parts, checks.received)
+    data = _join(js, parts, checks.received)
+    await check_sri_in_browser(data, expected.sri, name, url, expected.on_failure)
+    return data
 
 
 class _Checks:
-    """Size and md5 (`ShardVerifier`), the SRI hash (`IntegrityHasher`) and the HTML sniff of one body."""
+    """Size and md5 (`ShardVerifier`) and the HTML sniff of one body, chunk by chunk."""
 
     def __init__(self, name: str, url: str, expected: Expected):
         self.name, self.url = name, url
         self.verifier = ShardVerifier(name, url, expected.nbytes, expected.md5sum)
-        self.hasher = IntegrityHasher(name, url, expected.sri, expected.on_failure) if expected.sri else None
 
     @property
     def received(self) -> int:
         return self.verifier.received
 
     def update(self, chunk: Any, first: bool) -> None:
-        needs_bytes = first or self.verifier.wants_bytes or self.hasher is not None
-        data = chunk.to_bytes() if needs_bytes else None
-        if first and _looks_like_html(data or b"") and not self.name.endswith((".html", ".htm")):
-            raise FetchError(_html_message(self.name, self.url, "its first bytes"))
+        if first and not self.name.endswith((".html", ".htm")):
+            if _looks_like_html(chunk.subarray(0, 64).to_bytes()):
+                raise FetchError(_html_message(self.name, self.url, "its first bytes"))
         if self.verifier.wants_bytes:
-            self.verifier.update(data)  # type: ignore[arg-type]
+            self.verifier.update(chunk.to_bytes())
         else:
             self.verifier.update_length(int(chunk.byteLength))
-        if self.hasher is not None:
-            self.hasher.update(data)  # type: ignore[arg-type]
 
     def finish(self) -> None:
         self.verifier.finish()
-        if self.hasher is not None:
-            self.hasher.finish()
 
 
 def _is_html_type(content_type: str) -> bool:
@@ -246,7 +243,5 @@ def _join(js: Any, parts: list[Any], total: int) -> Any:
 async def download_text(url: str, name: str, expected: Expected = Expected(), policy: FetchPolicy = DEFAULT_POLICY
                         ) -> str | None:
     """The UTF-8 text at ``url`` (see `download`); None on HTTP 404 (a file the model does not have)."""
-    import js
-
     data = await download(url, name, expected, policy, optional=True)
-    return None if data is None else str(js.TextDecoder.new().decode(data))
+    return None if data is None else decode_text(data)

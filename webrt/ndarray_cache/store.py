@@ -217,8 +217,11 @@ def open_store(scope: str, backend: str = "cache") -> ArtifactStore:
 async def get_text(store: ArtifactStore, url: str) -> str | None:
     """A stored file decoded as UTF-8 (None when absent)."""
     data = await store.get(url)
-    if data is None:
-        return None
+    return None if data is None else decode_text(data)
+
+
+def decode_text(data: Any) -> str:
+    """A JS ArrayBuffer decoded as UTF-8."""
     import js
 
     return str(js.TextDecoder.new().decode(data))
