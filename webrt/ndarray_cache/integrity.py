@@ -14,8 +14,8 @@ WebLLM's ``ModelRecord.integrity`` (same field names), plus two of webrt's for t
 
 Hashes are Subresource Integrity strings (``sha256-``, ``sha384-`` or ``sha512-`` and the
 base64 digest). In the browser a download is hashed once it is complete, by the browser's
-``crypto.subtle.digest`` (`check_sri_in_browser`): measured in a Chromium worker it hashes about
-4x faster than Pyodide's hashlib (sha256 compiled to wasm, ~50 MB/s here), and the file never
+``crypto.subtle.digest`` (`check_sri_in_browser`): measured in a Chromium worker it hashes 3 to
+4x faster than Pyodide's hashlib (sha256 compiled to wasm, 50-65 MB/s here), and the file never
 passes through Python. `check_sri` is the same check with hashlib, for CPython. A file that fails
 its hash is never stored. Only the files named are checked.
 """
