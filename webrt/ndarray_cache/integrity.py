@@ -17,7 +17,10 @@ base64 digest). In the browser a download is hashed once it is complete, by the 
 ``crypto.subtle.digest`` (`check_sri_in_browser`): measured in a Chromium worker it hashes 3 to
 4x faster than Pyodide's hashlib (sha256 compiled to wasm, 50-65 MB/s here), and the file never
 passes through Python. `check_sri` is the same check with hashlib, for CPython. A file that fails
-its hash is never stored. Only the files named are checked.
+its hash is never stored. Only the files named are checked. The small files (config, tokenizer
+files, index, library) are checked again when read from the cache, so a record whose hash
+changed gets a fresh copy; a shard is checked when it is downloaded (hashing every cached shard
+on each load would cost much of what the cache saves).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webrt.chat_config import CHAT_CONFIG_FILE
 from webrt.errors import IntegrityError, ModelConfigError
+from webrt.ndarray_cache.format import INDEX_NAMES
 
 #: SRI algorithms WebLLM accepts, with their digest sizes in bytes.
 SRI_DIGEST_BYTES = {"sha256": 32, "sha384": 48, "sha512": 64}
@@ -104,7 +109,8 @@ class ModelIntegrity:
         if on_failure not in ON_FAILURE:
             raise ModelConfigError(f"{where}.onFailure must be one of {ON_FAILURE}, got {on_failure!r}")
         return cls(config=value.get("config"), model_lib=value.get("model_lib"),
-                   model_lib_cpu=value.get("model_lib_cpu"), tokenizer=_file_map(value.get("tokenizer"), f"{where}.tokenizer"),
+                   model_lib_cpu=value.get("model_lib_cpu"),
+                   tokenizer=_file_map(value.get("tokenizer"), f"{where}.tokenizer"),
                    tensor_cache=value.get("tensor_cache"), shards=_file_map(value.get("shards"), f"{where}.shards"),
                    on_failure=on_failure)
 
@@ -118,9 +124,6 @@ class ModelIntegrity:
 
     def for_model_file(self, name: str) -> str | None:
         """The hash of a file of the model folder (the chat config, a tokenizer file, the index, a shard)."""
-        from webrt.chat_config import CHAT_CONFIG_FILE
-        from webrt.ndarray_cache.format import INDEX_NAMES
-
         if name == CHAT_CONFIG_FILE:
             return self.config
         if name in INDEX_NAMES:

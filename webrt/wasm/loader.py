@@ -161,7 +161,8 @@ class WebGPUModelLoader:
     # --- ModelLoader --------------------------------------------------------------------------
     async def read_text(self, record: ModelRecord, filename: str) -> str | None:
         store = self.cache.config if filename == CHAT_CONFIG_FILE else self.cache.model
-        return await self.cache.fetch_text(store, join_url(model_base_url(record), filename), integrity=record.integrity)
+        url = join_url(model_base_url(record), filename)
+        return await self.cache.fetch_text(store, url, integrity=record.integrity)
 
     async def load(self, record: ModelRecord, chat_config: dict[str, Any],
                    progress_callback: InitProgressCallback | None) -> WasmBackend:
