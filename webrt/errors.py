@@ -77,8 +77,16 @@ class CacheIntegrityError(WebrtError, RuntimeError):
     """A fetched shard does not match its recorded size or md5sum."""
 
 
+class IntegrityError(CacheIntegrityError):
+    """A download does not match the SRI hash (``sha256-...``) its ModelRecord's ``integrity`` gives."""
+
+
 class FetchError(WebrtError, OSError):
-    """A network fetch failed (HTTP status, network down)."""
+    """A network fetch failed (HTTP status, network down, a stalled or cut transfer, an HTML page)."""
+
+
+class StorageQuotaError(WebrtError, OSError):
+    """The browser refused to store a file: the site's storage quota is used up."""
 
 
 class ModelLibraryError(WebrtError, RuntimeError):

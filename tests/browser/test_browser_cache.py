@@ -39,6 +39,7 @@ from webrt.wasm.loader import WebGPUModelLoader
 from webrt.ndarray_cache import cache_helpers
 from webrt.ndarray_cache.artifact_cache import ArtifactCache
 from webrt.ndarray_cache.cache_helpers import library_url, model_base_url
+from webrt.ndarray_cache.fetch import FetchPolicy
 
 MODEL_LIST = %(model_list)s
 
@@ -48,7 +49,7 @@ def app_config(backend="cache"):
 async def load_and_chat(model_id, backend="cache", chat=True, gpu=None):
     cfg = app_config(backend)
     events = []
-    loader = WebGPUModelLoader(cfg, gpu=gpu)
+    loader = WebGPUModelLoader(cfg, gpu=gpu, fetch_policy=FetchPolicy(backoff_s=0.05))  # quick retries
     engine = Engine(cfg, loader=loader, init_progress_callback=lambda r: events.append(
         {"progress": r.progress, "timeElapsed": r.time_elapsed, "text": r.text}))
     out = {"events": events}

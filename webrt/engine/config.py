@@ -24,6 +24,7 @@ from webrt.chat_config import CACHE_BACKENDS, MAX_CONTEXT_WINDOW, WindowConfig, 
 from webrt.conversation import Conversation, conv_template_from_config
 from webrt.engine.vocabulary import postproc_method
 from webrt.errors import ModelConfigError, ModelNotFoundError
+from webrt.ndarray_cache.integrity import ModelIntegrity
 
 
 @dataclass
@@ -102,6 +103,8 @@ class ModelRecord:
     model_type: str | None = None
     model_lib_cpu: str | None = None
     device: str = "auto"
+    #: SRI hashes of the model's files, checked on download (`webrt.ndarray_cache.integrity`)
+    integrity: ModelIntegrity | None = None
 
     # WebLLM's older field names
     _ALIASES = {"model_url": "model", "local_id": "model_id", "model_lib_url": "model_lib"}
@@ -120,10 +123,9 @@ class ModelRecord:
                 raise ModelConfigError(f"model record sets both {key!r} and {name!r}; keep {name!r}")
             values[name] = value
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - {"integrity"})
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ModelConfigError(f"model record has unknown field(s) {unknown}; accepted: {sorted(known)}")
-        values.pop("integrity", None)
         for required in ("model", "model_id", "model_lib"):
             if not isinstance(values.get(required), str) or not values[required]:
                 raise ModelConfigError(f"model record {data!r} needs a string {required!r}")
@@ -136,6 +138,7 @@ class ModelRecord:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        self.integrity = ModelIntegrity.from_value(self.integrity, self.model_id)
         if self.device not in RECORD_DEVICES:
             raise ModelConfigError(f"model record {self.model_id!r}: device must be one of {RECORD_DEVICES}, "
                                    f"got {self.device!r}")

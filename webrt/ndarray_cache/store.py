@@ -5,6 +5,9 @@ IndexedDB database with one ``urls`` object store of ``{url, data}`` records, th
 JS runtime uses). Values are JS ArrayBuffers and never pass through Python objects. A file is
 written in one operation after it was verified, so a store never holds a partial file.
 
+A put the browser refuses for lack of space (a ``QuotaExceededError`` DOMException, from either
+backend) raises StorageQuotaError; `webrt.ndarray_cache.artifact_cache` adds what the model needs.
+
 Runs on Pyodide only (``js``); `open_store` picks the backend from ``AppConfig.cache_backend``.
 """
 
@@ -14,7 +17,10 @@ import asyncio
 from typing import Any, Protocol
 
 from webrt.chat_config import CACHE_BACKENDS
-from webrt.errors import FetchError
+from webrt.errors import FetchError, StorageQuotaError
+
+#: The DOMException name both stores reject a write with when the site's quota is used up.
+QUOTA_ERROR = "QuotaExceededError"
 
 
 class ArtifactStore(Protocol):
@@ -73,7 +79,13 @@ class CacheStorageStore:
 
         size = len(data.encode()) if isinstance(data, str) else int(data.byteLength)
         init = _js_obj({"headers": {"Content-Type": content_type, "Content-Length": str(size)}})
-        await (await self._open()).put(url, js.Response.new(data, init))
+        cache = await self._open()
+        try:
+            await cache.put(url, js.Response.new(data, init))
+        except Exception as exc:  # noqa: BLE001 - a JS DOMException
+            if _is_quota_error(exc):
+                raise StorageQuotaError(f"Cache Storage: {exc}") from None
+            raise
 
     async def has(self, url: str) -> bool:
         return (await (await self._open()).match(url)) is not None
@@ -97,7 +109,9 @@ def _request_done(request: Any) -> asyncio.Future[Any]:
 
     def fail(_event: Any) -> None:
         if not fut.done():
-            fut.set_exception(FetchError(f"IndexedDB: {getattr(request, 'error', None)}"))
+            error = getattr(request, "error", None)
+            kind = StorageQuotaError if _is_quota_error(error) else FetchError
+            fut.set_exception(kind(f"IndexedDB: {error}"))
 
     proxies = [create_proxy(ok), create_proxy(fail)]
     if hasattr(request, "oncomplete"):  # a transaction
@@ -172,6 +186,25 @@ class IndexedDBStore:
         return [str(k) for k in await _request_done(store.getAllKeys())]
 
 
+def _is_quota_error(error: Any) -> bool:
+    """Whether a JS error (a Pyodide JsException or a DOMException proxy) is a full quota."""
+    return error is not None and getattr(error, "name", None) == QUOTA_ERROR
+
+
+async def storage_estimate() -> tuple[int | None, int | None]:
+    """(bytes this site stores, bytes it may store) from ``navigator.storage.estimate()``; Nones if unknown."""
+    import js
+
+    storage = getattr(getattr(js, "navigator", None), "storage", None)
+    if storage is None:
+        return None, None
+    try:
+        estimate = await storage.estimate()
+        return int(estimate.usage), int(estimate.quota)
+    except Exception:  # noqa: BLE001 - not available in this context
+        return None, None
+
+
 def open_store(scope: str, backend: str = "cache") -> ArtifactStore:
     """The store for ``scope`` on ``backend`` ("cache" or "indexeddb", as ``AppConfig.cache_backend``)."""
     if backend == "cache":
@@ -184,8 +217,11 @@ def open_store(scope: str, backend: str = "cache") -> ArtifactStore:
 async def get_text(store: ArtifactStore, url: str) -> str | None:
     """A stored file decoded as UTF-8 (None when absent)."""
     data = await store.get(url)
-    if data is None:
-        return None
+    return None if data is None else decode_text(data)
+
+
+def decode_text(data: Any) -> str:
+    """A JS ArrayBuffer decoded as UTF-8."""
     import js
 
     return str(js.TextDecoder.new().decode(data))

@@ -42,6 +42,8 @@ from webrt.engine.progress import InitProgressCallback, ProgressReporter
 from webrt.errors import FeatureNotSupportedError, ModelConfigError
 from webrt.ndarray_cache.artifact_cache import ArtifactCache
 from webrt.ndarray_cache.cache_helpers import library_url, model_base_url
+from webrt.ndarray_cache.fetch import DEFAULT_POLICY, FetchPolicy
+from webrt.ndarray_cache.integrity import ModelIntegrity
 from webrt.ndarray_cache.urls import absolute_url, join_url
 from webrt.wasm.backend import WasmBackend
 from webrt.wasm.cpu import CPURuntime
@@ -142,11 +144,12 @@ class WebGPUModelLoader:
 
     def __init__(self, app_config: AppConfig | None = None, *, cache_backend: str | None = None,
                  concurrency: int = 4, use_kernel_list: bool = True, gpu: GPUInfo | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", fetch_policy: FetchPolicy = DEFAULT_POLICY):
         if device not in LOADER_DEVICES:
             raise ModelConfigError(f"device must be one of {LOADER_DEVICES}, got {device!r}")
         backend = cache_backend or (app_config.cache_backend if app_config is not None else "cache")
-        self.cache = ArtifactCache(backend, concurrency)
+        #: downloads: retries, backoff and the stall timeout are ``fetch_policy``'s
+        self.cache = ArtifactCache(backend, concurrency, fetch_policy)
         self.use_kernel_list = use_kernel_list
         self.gpu = gpu
         #: "auto", "webgpu" or "cpu": which library to use when a record names both (the record's
@@ -158,7 +161,8 @@ class WebGPUModelLoader:
     # --- ModelLoader --------------------------------------------------------------------------
     async def read_text(self, record: ModelRecord, filename: str) -> str | None:
         store = self.cache.config if filename == CHAT_CONFIG_FILE else self.cache.model
-        return await self.cache.fetch_text(store, join_url(model_base_url(record), filename))
+        url = join_url(model_base_url(record), filename)
+        return await self.cache.fetch_text(store, url, integrity=record.integrity)
 
     async def load(self, record: ModelRecord, chat_config: dict[str, Any],
                    progress_callback: InitProgressCallback | None) -> WasmBackend:
@@ -177,7 +181,7 @@ class WebGPUModelLoader:
                 "compiled with `webrt compile --device wasm`.") from exc
         wasm_url = library_url(record)
         report(0.01, f"Fetching the model library {wasm_url.rsplit('/', 1)[-1]}")
-        wasm = await self.cache.fetch_library(wasm_url)
+        wasm = await self.cache.fetch_library(wasm_url, record.integrity)
         t_wasm = time.perf_counter()
         runtime = await Runtime.load(wasm, gpu)
         kernels = await self.cache.launched_kernels(wasm_url) if self.use_kernel_list else None
@@ -186,7 +190,7 @@ class WebGPUModelLoader:
         progress = report.phases({"weights": _WEIGHTS_SHARE, "pipelines": 1 - _WEIGHTS_SHARE}, 0.05, 0.99)
         t_phases = time.perf_counter()
         weights = asyncio.ensure_future(
-            self._load_params(runtime, model_base_url(record), progress["weights"]))
+            self._load_params(runtime, model_base_url(record), progress["weights"], record.integrity))
         pipelines = asyncio.ensure_future(
             runtime.load_pipelines(wanted, progress["pipelines"]))
         try:
@@ -220,12 +224,12 @@ class WebGPUModelLoader:
         """The CPU library (``model_lib_cpu``) and the weights into its memory."""
         url = cpu_library_url(record)
         report(0.01, f"Fetching the CPU model library {url.rsplit('/', 1)[-1]} ({choice.reason})")
-        wasm = await self.cache.fetch_library(url)
+        wasm = await self.cache.fetch_library(url, record.integrity, cpu=True)
         t_wasm = time.perf_counter()
         runtime = await CPURuntime.load(wasm)
         progress = report.phases({"weights": 1.0}, 0.05, 0.99)
         try:
-            params = await self._load_params(runtime, model_base_url(record), progress["weights"])
+            params = await self._load_params(runtime, model_base_url(record), progress["weights"], record.integrity)
         except BaseException:
             runtime.dispose()
             raise
@@ -273,14 +277,15 @@ class WebGPUModelLoader:
             self.gpu = gpu
         return gpu
 
-    async def _load_params(self, runtime: Runtime | CPURuntime, base_url: str, progress: Any) -> Array:
-        """Weights from the cache (or network) straight to the device (GPU buffers or wasm memory);
-        the packed parameter array."""
+    async def _load_params(self, runtime: Runtime | CPURuntime, base_url: str, progress: Any,
+                           integrity: ModelIntegrity | None = None) -> Array:
+        """Weights from the cache (or network) straight to the device (GPU buffers or wasm memory),
+        checked against the record's ``integrity``; the packed parameter array."""
         t0 = time.perf_counter()
-        index = await self.cache.fetch_index(base_url)
+        index = await self.cache.fetch_index(base_url, integrity)
         names = runtime.param_names
         index.check_params(names, runtime.metadata.get("params", []), base_url)
-        shards = self.cache.iter_shards(base_url, index.shards_holding(names), progress)
+        shards = self.cache.iter_shards(base_url, index.shards_holding(names), progress, integrity)
         try:
             params = await upload_params(runtime, names, shards)
         finally:
