@@ -125,7 +125,10 @@ class _CacheGuard:
         try:
             result = run()
         except BaseException:
-            self._settle()
+            try:
+                self._settle()
+            except Exception:  # noqa: BLE001 - the backend broke (a lost GPU, a dead instance): the error
+                pass  # being raised says why; the cache stays suspect and is emptied before its next use
             raise
         self.suspect = False
         return result

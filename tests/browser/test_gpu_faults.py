@@ -1,0 +1,252 @@
+"""The WebGPU runtime under faults, on the tiny model in headless Chromium (SwiftShader).
+
+One page (a module worker, the engine in an asyncio task, as the demo runs it) goes through:
+
+- a small device: the real device with its limits reported lower (the loader's ``gpu=``; WebGPU
+  cannot lower a device's own limits below the defaults). A model whose KV cache layer is above
+  the largest buffer is refused at reload with GPUOutOfMemoryError before any weight is fetched,
+  naming the planned memory and a context window that fits; that window then loads and chats. A
+  buffer that passes the plan but not the device (one the KV cache sizes by the prefill chunk)
+  fails its allocation with the same typed error, and a full device reloads after it.
+- a lost device: ``device.destroy()`` while a request decodes turns the request into
+  DeviceLostError within a step, and ``reload`` requests a new device and answers as before.
+- hung GPU waits: ``mapAsync`` and ``createComputePipelineAsync`` replaced by promises that never
+  settle give GPUTimeoutError after ``GPUInfo.wait_timeout_s``; a reload works afterwards.
+
+The planned memory is checked against what the device allocated: the KV cache's per-layer
+buffers and the weights' bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyodide_util
+
+pytestmark = pytest.mark.browser
+
+FAULTS = r"""
+import asyncio, dataclasses, time
+import js
+from pyodide.ffi import create_once_callable, create_proxy
+from webrt.engine import AppConfig, Engine
+from webrt.wasm.loader import WebGPUModelLoader
+from webrt.wasm.webgpu import request_device
+
+CFG = AppConfig.from_dict({"model_list": [{"model": "/models/tiny", "model_id": "tiny", "model_lib": "/lib/%(lib)s"}]})
+HELLO = [{"role": "user", "content": "hello world"}]
+
+
+def outcome(exc):
+    return {"type": type(exc).__name__, "message": str(exc), "mro": [c.__name__ for c in type(exc).__mro__]}
+
+
+async def reply(engine, **kw):
+    out = await engine.chat.completions.create(messages=HELLO, temperature=0, max_tokens=8, **kw)
+    return out.choices[0].message.content
+
+
+def small(gpu, limit):
+    return dataclasses.replace(gpu, limits={**gpu.limits, "maxBufferSize": limit, "maxStorageBufferBindingSize": limit})
+
+
+def shard_fetches(loader):
+    stats = loader.cache.stats
+    return [u for u in stats.network + stats.cached if "params_shard" in u]
+
+
+async def small_device(full):
+    out = {}
+    # 1. the planned KV cache layer is above the device's largest buffer: refused before the weights
+    loader = WebGPUModelLoader(CFG, gpu=small(full, 300_000))
+    engine = Engine(CFG, loader=loader)
+    try:
+        await engine.reload("tiny", {"context_window_size": 1024})
+        out["refused"] = None
+    except Exception as exc:
+        out["refused"] = outcome(exc)
+    out["shards_fetched_before_refusal"] = shard_fetches(loader)
+    out["live_after_refusal"] = [loader.gpu.live.count, loader.gpu.live.nbytes]
+    # 2. the window the error names loads and chats on that device
+    fit = int(out["refused"]["message"].split("'context_window_size': ")[1].split("}")[0]) if out["refused"] else 0
+    out["fit"] = fit
+    if fit:
+        await engine.reload("tiny", {"context_window_size": fit})
+        out["fit_reply"] = await reply(engine)
+        ctx = engine.get_model().runner.backend.runtime.gpu_ctx
+        out["fit_plan"] = ctx.memory_plan.to_json()
+        out["fit_largest_buffer"] = max(ctx.storage._sizes)
+        await engine.unload()
+    # 3. a buffer the plan does not size (the KV cache's prefill-chunk workspace) fails its allocation
+    loader = WebGPUModelLoader(CFG, gpu=small(full, 200_000))
+    engine = Engine(CFG, loader=loader)
+    try:
+        await engine.reload("tiny")
+        out["alloc"] = None
+    except Exception as exc:
+        out["alloc"] = outcome(exc)
+    # 4. the full device answers after it, as it would have anyway
+    engine = Engine(CFG, loader=WebGPUModelLoader(CFG, gpu=full))
+    await engine.reload("tiny", {"context_window_size": fit or 256})
+    out["full_reply"] = await reply(engine)
+    ctx = engine.get_model().runner.backend.runtime.gpu_ctx
+    await engine.reload("tiny")
+    ctx = engine.get_model().runner.backend.runtime.gpu_ctx
+    out["plan"] = ctx.memory_plan.to_json()
+    out["allocated_sizes"] = sorted(s for s in ctx.storage._sizes if s)
+    out["param_bytes_allocated"] = sum(int(t.nbytes) for t in engine.get_model().runner.backend.params)
+    await engine.unload()
+    return out
+
+
+async def lost_device():
+    out = {}
+    loader = WebGPUModelLoader(CFG)
+    engine = Engine(CFG, loader=loader)
+    await engine.reload("tiny")
+    out["before"] = await reply(engine)
+    old = loader.gpu
+    ctx = engine.get_model().runner.backend.runtime.gpu_ctx
+    start = ctx.stats.readbacks
+    task = asyncio.create_task(engine.chat.completions.create(messages=HELLO, temperature=0, max_tokens=200,
+                                                              ignore_eos=True))
+    while ctx.stats.readbacks < start + 3 and not task.done():
+        await asyncio.sleep(0)
+    out["readbacks_before_loss"] = ctx.stats.readbacks - start
+    old.device.destroy()
+    t0 = time.perf_counter()
+    try:
+        await asyncio.wait_for(task, 60)
+        out["request"] = None
+    except Exception as exc:
+        out["request"] = outcome(exc)
+    out["request_s"] = time.perf_counter() - t0
+    out["readbacks_after_loss"] = ctx.stats.readbacks - start - out["readbacks_before_loss"]
+    out["old_lost"] = old.lost
+    await engine.reload("tiny")
+    out["new_device"] = loader.gpu is not old and loader.gpu.lost is None
+    out["after"] = await reply(engine)
+    await engine.unload()
+    return out, loader
+
+
+async def hung_waits(loader):
+    out = {}
+    engine = Engine(CFG, loader=loader)
+    await engine.reload("tiny")
+    loader.gpu.wait_timeout_s = 1.5
+    never = create_proxy(lambda *args: js.Promise.new(create_once_callable(lambda resolve, reject: None)))
+    proto = js.GPUBuffer.prototype
+    real_map = proto.mapAsync
+    proto.mapAsync = never
+    t0 = time.perf_counter()
+    try:
+        await reply(engine)
+        out["readback"] = None
+    except Exception as exc:
+        out["readback"] = outcome(exc)
+    finally:
+        proto.mapAsync = real_map
+    out["readback_s"] = time.perf_counter() - t0
+    await engine.unload()
+    loader.use_kernel_list = False  # every pipeline is created at load
+    proto = js.GPUDevice.prototype
+    real_create = proto.createComputePipelineAsync
+    proto.createComputePipelineAsync = never
+    t0 = time.perf_counter()
+    try:
+        await engine.reload("tiny")
+        out["pipelines"] = None
+    except Exception as exc:
+        out["pipelines"] = outcome(exc)
+    finally:
+        proto.createComputePipelineAsync = real_create
+    out["pipelines_s"] = time.perf_counter() - t0
+    out["live_after_failed_load"] = [loader.gpu.live.count, loader.gpu.live.nbytes]
+    loader.gpu.wait_timeout_s = 120
+    await engine.reload("tiny")
+    out["after"] = await reply(engine)
+    await engine.unload()
+    return out
+
+
+async def main():
+    full = await request_device()
+    results = {"small": await small_device(full)}
+    results["lost"], loader = await lost_device()
+    results["hung"] = await hung_waits(loader)
+    return results
+
+await asyncio.create_task(main())
+"""
+
+
+@pytest.fixture(scope="module")
+def faults() -> dict[str, Any]:
+    art = pyodide_util.tiny_webgpu_artifacts()
+    routes: dict[str, Path] = {"/models/tiny/resolve/main/": art.model_dir, "/lib/": art.libs["webgpu"].parent}
+    with pyodide_util.PyodidePage(routes, worker=True) as page:
+        return page.run(FAULTS % {"lib": art.libs["webgpu"].name}, timeout_s=400)
+
+
+def test_a_model_past_the_device_limits_is_refused_before_its_weights(faults: dict[str, Any]) -> None:
+    small = faults["small"]
+    refused = small["refused"]
+    print(f"\nrefused: {refused and refused['message']}")
+    assert refused is not None and refused["type"] == "GPUOutOfMemoryError" and "MemoryError" in refused["mro"]
+    message = refused["message"]
+    for named in ("300000 bytes", "The model plans", "KV cache", "1024-token context window",
+                  "'context_window_size': ", "quantization", "model_lib_cpu"):
+        assert named in message, named
+    assert small["shards_fetched_before_refusal"] == []  # before: downloaded, then a raw MemoryError
+    assert small["live_after_refusal"] == [0, 0]  # the refused library left no buffer behind
+
+
+def test_the_window_the_error_names_fits_the_small_device(faults: dict[str, Any]) -> None:
+    small = faults["small"]
+    assert 256 < small["fit"] < 1024
+    assert small["fit_plan"]["kv_layer_bytes"] <= 300_000 and small["fit_largest_buffer"] <= 300_000
+    assert small["fit_reply"] == small["full_reply"]  # the same answer as on the full device
+
+
+def test_an_allocation_past_the_limits_is_a_typed_error_and_a_full_device_reloads(faults: dict[str, Any]) -> None:
+    alloc = faults["small"]["alloc"]
+    print(f"\nallocation: {alloc and alloc['message']}")
+    assert alloc is not None and alloc["type"] == "GPUOutOfMemoryError"  # before: a bare MemoryError
+    assert "200000 bytes" in alloc["message"] and "The model plans" in alloc["message"]
+    assert faults["small"]["full_reply"]
+
+
+def test_the_memory_plan_matches_what_the_device_allocated(faults: dict[str, Any]) -> None:
+    small = faults["small"]
+    plan = small["plan"]
+    assert plan["params_bytes"] == small["param_bytes_allocated"]
+    layers = plan["kv_cache_bytes"] // plan["kv_layer_bytes"]
+    assert layers >= 1 and small["allocated_sizes"].count(plan["kv_layer_bytes"]) >= layers
+    assert plan["total_bytes"] == plan["params_bytes"] + plan["kv_cache_bytes"] + plan["temp_buffer_bytes"]
+
+
+def test_a_lost_device_fails_the_request_and_reload_recovers(faults: dict[str, Any]) -> None:
+    lost = faults["lost"]
+    print(f"\nlost: {lost['request']} after {lost['request_s']:.2f} s")
+    assert lost["readbacks_before_loss"] >= 3
+    request = lost["request"]
+    assert request is not None and request["type"] == "DeviceLostError"  # before: a raw JsException
+    assert "reload" in request["message"] and lost["old_lost"]
+    assert lost["readbacks_after_loss"] <= 1 and lost["request_s"] < 10
+    assert lost["new_device"] and lost["after"] == lost["before"]
+
+
+def test_hung_gpu_waits_time_out_with_a_typed_error(faults: dict[str, Any]) -> None:
+    hung = faults["hung"]
+    print(f"\nreadback: {hung['readback']}\npipelines: {hung['pipelines']}")
+    for what in ("readback", "pipelines"):
+        got = hung[what]
+        assert got is not None and got["type"] == "GPUTimeoutError", what  # before: waited forever
+        assert "1.5 s" in got["message"] and 1.4 < hung[f"{what}_s"] < 15
+    assert "mapAsync" in hung["readback"]["message"] and "pipeline" in hung["pipelines"]["message"]
+    assert hung["live_after_failed_load"] == [0, 0]
+    assert hung["after"] == faults["lost"]["before"]
