@@ -10,6 +10,7 @@ One page (a module worker, the engine in an asyncio task, as the demo runs it) g
   fails its allocation with the same typed error, and a full device reloads after it.
 - a lost device: ``device.destroy()`` while a request decodes turns the request into
   DeviceLostError within a step, and ``reload`` requests a new device and answers as before.
+- an uncaptured GPUOutOfMemoryError event fails the next request with GPUOutOfMemoryError.
 - hung GPU waits: ``mapAsync`` and ``createComputePipelineAsync`` replaced by promises that never
   settle give GPUTimeoutError after ``GPUInfo.wait_timeout_s``; a reload works afterwards.
 
@@ -138,6 +139,17 @@ async def hung_waits(loader):
     out = {}
     engine = Engine(CFG, loader=loader)
     await engine.reload("tiny")
+    # an out-of-memory error the device reports (as the browser delivers one nobody captured)
+    error = js.GPUOutOfMemoryError.new("injected: the device ran out of memory")
+    init = js.Object.new()
+    init.error = error
+    loader.gpu.device.dispatchEvent(js.GPUUncapturedErrorEvent.new("uncapturederror", init))
+    try:
+        await reply(engine)
+        out["oom_event"] = None
+    except Exception as exc:
+        out["oom_event"] = outcome(exc)
+    out["after_oom_event"] = await reply(engine)
     loader.gpu.wait_timeout_s = 1.5
     never = create_proxy(lambda *args: js.Promise.new(create_once_callable(lambda resolve, reject: None)))
     proto = js.GPUBuffer.prototype
@@ -254,6 +266,14 @@ def test_a_lost_device_fails_the_request_and_reload_recovers(faults: dict[str, A
     assert "reload" in request["message"] and lost["old_lost"]
     assert lost["readbacks_after_loss"] <= 1 and lost["request_s"] < 10
     assert lost["new_device"] and lost["after"] == lost["before"]
+
+
+def test_an_out_of_memory_error_from_the_device_fails_the_request(faults: dict[str, Any]) -> None:
+    hung = scenario(faults, "hung")
+    oom = hung["oom_event"]
+    assert oom is not None and oom["type"] == "GPUOutOfMemoryError"  # before: the reply went on regardless
+    assert "injected: the device ran out of memory" in oom["message"] and "The model plans" in oom["message"]
+    assert hung["after_oom_event"] == scenario(faults, "lost")["before"]  # reported once
 
 
 def test_hung_gpu_waits_time_out_with_a_typed_error(faults: dict[str, Any]) -> None:
