@@ -45,6 +45,30 @@ def outcome(exc):
     return {"type": type(exc).__name__, "message": str(exc), "mro": [c.__name__ for c in type(exc).__mro__]}
 
 
+async def attempt(out, key, awaitable):
+    # out[key]: None when it succeeded, else what it raised; out[key + "_s"]: the seconds it took
+    t0 = time.perf_counter()
+    try:
+        await awaitable
+        out[key] = None
+    except Exception as exc:
+        out[key] = outcome(exc)
+    out[key + "_s"] = time.perf_counter() - t0
+
+
+NEVER = create_proxy(lambda *args: js.Promise.new(create_once_callable(lambda resolve, reject: None)))
+
+
+async def hung(proto, method, out, key, awaitable):
+    # `awaitable` with proto.method answering promises that never settle
+    real = getattr(proto, method)
+    setattr(proto, method, NEVER)
+    try:
+        await attempt(out, key, awaitable)
+    finally:
+        setattr(proto, method, real)
+
+
 async def reply(engine, **kw):
     out = await engine.chat.completions.create(messages=HELLO, temperature=0, max_tokens=8, **kw)
     return out.choices[0].message.content
@@ -64,11 +88,7 @@ async def small_device(full):
     # 1. the planned KV cache layer is above the device's largest buffer: refused before the weights
     loader = WebGPUModelLoader(CFG, gpu=small(full, 300_000))
     engine = Engine(CFG, loader=loader)
-    try:
-        await engine.reload("tiny", {"context_window_size": 1024})
-        out["refused"] = None
-    except Exception as exc:
-        out["refused"] = outcome(exc)
+    await attempt(out, "refused", engine.reload("tiny", {"context_window_size": 1024}))
     out["shards_fetched_before_refusal"] = shard_fetches(loader)
     out["live_after_refusal"] = [loader.gpu.live.count, loader.gpu.live.nbytes]
     # 2. the window the error names loads and chats on that device
@@ -85,11 +105,7 @@ async def small_device(full):
     # 3. a buffer the plan does not size (the KV cache's prefill-chunk workspace) fails its allocation
     loader = WebGPUModelLoader(CFG, gpu=small(full, 200_000))
     engine = Engine(CFG, loader=loader)
-    try:
-        await engine.reload("tiny")
-        out["alloc"] = None
-    except Exception as exc:
-        out["alloc"] = outcome(exc)
+    await attempt(out, "alloc", engine.reload("tiny"))
     # 4. the full device answers after it, as it would have anyway
     engine = Engine(CFG, loader=WebGPUModelLoader(CFG, gpu=full))
     await engine.reload("tiny", {"context_window_size": fit or 256})
@@ -119,13 +135,7 @@ async def lost_device():
         await asyncio.sleep(0)
     out["readbacks_before_loss"] = ctx.stats.readbacks - start
     old.device.destroy()
-    t0 = time.perf_counter()
-    try:
-        await asyncio.wait_for(task, 60)
-        out["request"] = None
-    except Exception as exc:
-        out["request"] = outcome(exc)
-    out["request_s"] = time.perf_counter() - t0
+    await attempt(out, "request", asyncio.wait_for(task, 60))
     out["readbacks_after_loss"] = ctx.stats.readbacks - start - out["readbacks_before_loss"]
     out["old_lost"] = old.lost
     await engine.reload("tiny")
@@ -144,40 +154,13 @@ async def hung_waits(loader):
     init = js.Object.new()
     init.error = error
     loader.gpu.device.dispatchEvent(js.GPUUncapturedErrorEvent.new("uncapturederror", init))
-    try:
-        await reply(engine)
-        out["oom_event"] = None
-    except Exception as exc:
-        out["oom_event"] = outcome(exc)
+    await attempt(out, "oom_event", reply(engine))
     out["after_oom_event"] = await reply(engine)
     loader.gpu.wait_timeout_s = 1.5
-    never = create_proxy(lambda *args: js.Promise.new(create_once_callable(lambda resolve, reject: None)))
-    proto = js.GPUBuffer.prototype
-    real_map = proto.mapAsync
-    proto.mapAsync = never
-    t0 = time.perf_counter()
-    try:
-        await reply(engine)
-        out["readback"] = None
-    except Exception as exc:
-        out["readback"] = outcome(exc)
-    finally:
-        proto.mapAsync = real_map
-    out["readback_s"] = time.perf_counter() - t0
+    await hung(js.GPUBuffer.prototype, "mapAsync", out, "readback", reply(engine))
     await engine.unload()
     loader.use_kernel_list = False  # every pipeline is created at load
-    proto = js.GPUDevice.prototype
-    real_create = proto.createComputePipelineAsync
-    proto.createComputePipelineAsync = never
-    t0 = time.perf_counter()
-    try:
-        await engine.reload("tiny")
-        out["pipelines"] = None
-    except Exception as exc:
-        out["pipelines"] = outcome(exc)
-    finally:
-        proto.createComputePipelineAsync = real_create
-    out["pipelines_s"] = time.perf_counter() - t0
+    await hung(js.GPUDevice.prototype, "createComputePipelineAsync", out, "pipelines", engine.reload("tiny"))
     out["live_after_failed_load"] = [loader.gpu.live.count, loader.gpu.live.nbytes]
     loader.gpu.wait_timeout_s = 120
     await engine.reload("tiny")
