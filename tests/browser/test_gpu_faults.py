@@ -11,6 +11,8 @@ One page (a module worker, the engine in an asyncio task, as the demo runs it) g
 - a lost device: ``device.destroy()`` while a request decodes turns the request into
   DeviceLostError within a step, and ``reload`` requests a new device and answers as before.
 - an uncaptured GPUOutOfMemoryError event fails the next request with GPUOutOfMemoryError.
+- a wait on the worker (`bootWorker`'s ``runPython(code, {timeoutMs})``) ends with a
+  WorkerTimeoutError while the worker is still busy.
 - hung GPU waits: ``mapAsync`` and ``createComputePipelineAsync`` replaced by promises that never
   settle give GPUTimeoutError after ``GPUInfo.wait_timeout_s``; a reload works afterwards.
 
@@ -188,12 +190,29 @@ await asyncio.create_task(main())
 """
 
 
+#: A run that outlasts its timeoutMs: the page's wait on the worker ends, the worker answers later.
+WORKER_TIMEOUT = """async () => {
+  const t0 = performance.now();
+  let error = null;
+  try {
+    await window.webrt.runPython("import time\\ntime.sleep(3)", { timeoutMs: 300 });
+  } catch (err) {
+    error = { name: err.name, message: err.message };
+  }
+  const waited = (performance.now() - t0) / 1000;
+  const next = await window.webrt.runPython("1 + 1");  // the worker goes on once the sleep ends
+  return { error, waited, next: next.value };
+}"""
+
+
 @pytest.fixture(scope="module")
 def faults() -> dict[str, Any]:
     art = pyodide_util.tiny_webgpu_artifacts()
     routes: dict[str, Path] = {"/models/tiny/resolve/main/": art.model_dir, "/lib/": art.libs["webgpu"].parent}
     with pyodide_util.PyodidePage(routes, worker=True) as page:
-        return page.run(FAULTS % {"lib": art.libs["webgpu"].name}, timeout_s=400)
+        results = page.run(FAULTS % {"lib": art.libs["webgpu"].name}, timeout_s=400)
+        results["worker"] = page.evaluate(WORKER_TIMEOUT, timeout_s=60)
+        return results
 
 
 def scenario(faults: dict[str, Any], name: str) -> dict[str, Any]:
@@ -269,3 +288,10 @@ def test_hung_gpu_waits_time_out_with_a_typed_error(faults: dict[str, Any]) -> N
     assert "mapAsync" in hung["readback"]["message"] and "pipeline" in hung["pipelines"]["message"]
     assert hung["live_after_failed_load"] == [0, 0]
     assert hung["after"] == scenario(faults, "lost")["before"]
+
+
+def test_a_wait_on_the_worker_is_bounded(faults: dict[str, Any]) -> None:
+    worker = faults["worker"]
+    error = worker["error"]
+    assert error is not None and error["name"] == "WorkerTimeoutError"  # before: waited for the run
+    assert "300 ms" in error["message"] and worker["waited"] < 2.5 and worker["next"] == 2
