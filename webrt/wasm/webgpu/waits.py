@@ -4,12 +4,15 @@ ends within a timeout, else GPUTimeoutError names what it waited for. A lost dev
 its pending promises; those become DeviceLostError.
 
 `run_sync_bounded` blocks (JSPI's `run_sync`, from plain Python frames of a task) on a race of
-the promise and a timer; `wait_bounded` is the `await` form (asyncio's `wait_for`).
+the promise and a timer shared by the waits of the next timeout_s / 2 seconds (a timer per
+readback cost a fifth of a small readback); `wait_bounded` is the `await` form (asyncio's
+`wait_for`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from webrt.errors import GPUTimeoutError
@@ -26,21 +29,36 @@ def timeout_message(what: str, timeout_s: float) -> str:
             "reload the model (`await engine.reload(...)`) or use the CPU library (model_lib_cpu).")
 
 
-def run_sync_bounded(promise: Any, timeout_s: float, what: str) -> Any:
-    """Block until `promise` settles (its value; its rejection raises), at most `timeout_s` seconds."""
-    import js
-    from pyodide.ffi import create_once_callable, run_sync, to_js
+#: timeout_s -> (perf_counter when armed, a JS promise resolving to _TIMED_OUT 1.5 x timeout_s later)
+_deadlines: dict[float, tuple[float, Any]] = {}
 
-    timer: list[Any] = []
+
+def _deadline(timeout_s: float) -> Any:
+    """A shared timer promise that settles no sooner than `timeout_s` from now (and no later than
+    1.5 x): one JS timer per timeout_s / 2 seconds, not one per wait (a readback per token)."""
+    import js
+    from pyodide.ffi import create_once_callable
+
+    now = time.perf_counter()
+    armed = _deadlines.get(timeout_s)
+    if armed is not None and now - armed[0] <= timeout_s / 2:
+        return armed[1]
 
     def start_timer(resolve: Any, _reject: Any) -> None:
-        timer.append(js.setTimeout(resolve, int(timeout_s * 1000), _TIMED_OUT))
+        js.setTimeout(resolve, int(timeout_s * 1500), _TIMED_OUT)
 
-    deadline = js.Promise.new(create_once_callable(start_timer))
-    try:
-        value = run_sync(js.Promise.race(to_js([promise, deadline])))
-    finally:
-        js.clearTimeout(timer[0])
+    promise = js.Promise.new(create_once_callable(start_timer))
+    _deadlines[timeout_s] = (now, promise)
+    return promise
+
+
+def run_sync_bounded(promise: Any, timeout_s: float, what: str) -> Any:
+    """Block until `promise` settles (its value; its rejection raises), giving up (GPUTimeoutError)
+    between `timeout_s` and 1.5 x `timeout_s` after the call."""
+    import js
+    from pyodide.ffi import run_sync, to_js
+
+    value = run_sync(js.Promise.race(to_js([promise, _deadline(timeout_s)])))
     if isinstance(value, str) and value == _TIMED_OUT:
         raise GPUTimeoutError(timeout_message(what, timeout_s))
     return value
