@@ -5,6 +5,7 @@ Sequence (the same as WebLLM's, in Python)::
     gpu = await request_device()                       # webrt.wasm.webgpu.device
     rt = await Runtime.load(wasm_bytes, gpu)           # instantiate, register the device API,
                                                        # VM on webgpu + pooled allocator, check metadata
+    rt.check_memory(chat_config)                       # planned buffers vs the device's limits
     await rt.load_pipelines(progress=print)            # createComputePipelineAsync per kernel
     index = await cache.fetch_index(model_url)         # webrt.ndarray_cache.artifact_cache
     params = await upload_params(rt, rt.param_names, cache.iter_shards(model_url, index.shards))

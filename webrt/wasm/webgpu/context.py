@@ -7,6 +7,11 @@ unsubmitted commands), reads back, or syncs. Each launch of a batch gets its own
 of one uniform buffer (dynamic offset); the slots are written with one `writeBuffer` at submit.
 Freed buffers are destroyed (or, when small, recycled) only after the next submit. Nothing
 allocates per launch on the JS side except what Pyodide needs to call a method.
+
+Faults: a storage buffer above the device's binding limits is GPUOutOfMemoryError (with the
+model's memory plan); every wait is bounded (`webrt.wasm.webgpu.waits`); after each readback
+`check_device` turns a lost device into DeviceLostError and an uncaptured out-of-memory error
+into GPUOutOfMemoryError.
 """
 
 from __future__ import annotations
