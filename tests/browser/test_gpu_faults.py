@@ -5,9 +5,10 @@ One page (a module worker, the engine in an asyncio task, as the demo runs it) g
 - a small device: the real device with its limits reported lower (the loader's ``gpu=``; WebGPU
   cannot lower a device's own limits below the defaults). A model whose KV cache layer is above
   the largest buffer is refused at reload with GPUOutOfMemoryError before any weight is fetched,
-  naming the planned memory and a context window that fits; that window then loads and chats. A
-  buffer that passes the plan but not the device (one the KV cache sizes by the prefill chunk)
-  fails its allocation with the same typed error, and a full device reloads after it.
+  naming the planned memory and a context window that fits; that window then loads and chats.
+  Below the KV cache's fixed masks no window helps, and the error does not offer one. A tensor
+  past the limits allocated through TVM's runtime fails with the same typed error, and a full
+  device reloads after it.
 - a lost device: ``device.destroy()`` while a request decodes turns the request into
   DeviceLostError within a step, and ``reload`` requests a new device and answers as before.
 - an uncaptured GPUOutOfMemoryError event fails the next request with GPUOutOfMemoryError.
@@ -17,7 +18,7 @@ One page (a module worker, the engine in an asyncio task, as the demo runs it) g
   settle give GPUTimeoutError after ``GPUInfo.wait_timeout_s``; a reload works afterwards.
 
 The planned memory is checked against what the device allocated: the KV cache's per-layer
-buffers and the weights' bytes.
+buffers and masks, and the weights' bytes.
 """
 
 from __future__ import annotations
@@ -104,11 +105,18 @@ async def small_device(full):
         out["fit_plan"] = ctx.memory_plan.to_json()
         out["fit_largest_buffer"] = max(ctx.storage._sizes)
         await engine.unload()
-    # 3. a buffer the plan does not size (the KV cache's prefill-chunk workspace) fails its allocation
-    loader = WebGPUModelLoader(CFG, gpu=small(full, 200_000))
-    engine = Engine(CFG, loader=loader)
-    await attempt(out, "alloc", engine.reload("tiny"))
-    # 4. the full device answers after it, as it would have anyway
+    # 3. below the KV cache's fixed tree-attention masks no window helps: refused, saying so
+    engine = Engine(CFG, loader=WebGPUModelLoader(CFG, gpu=small(full, 200_000)))
+    await attempt(out, "mask", engine.reload("tiny"))
+    # 4. a tensor past the device's limits, allocated through TVM's runtime once the model is loaded
+    engine = Engine(CFG, loader=WebGPUModelLoader(CFG, gpu=small(full, 270_000)))
+    await engine.reload("tiny")
+    backend = engine.get_model().runner.backend
+    async def upload():
+        backend.upload(bytes(300_000), (300_000,), "uint8")
+
+    await attempt(out, "alloc", upload())
+    # 5. the full device answers after it, as it would have anyway
     engine = Engine(CFG, loader=WebGPUModelLoader(CFG, gpu=full))
     await engine.reload("tiny", {"context_window_size": fit or 256})
     out["full_reply"] = await reply(engine)
@@ -242,20 +250,32 @@ def test_the_window_the_error_names_fits_the_small_device(faults: dict[str, Any]
     assert small["fit_reply"] == small["full_reply"]  # the same answer as on the full device
 
 
+def test_a_buffer_no_window_shrinks_is_refused_without_suggesting_one(faults: dict[str, Any]) -> None:
+    mask = scenario(faults, "small")["mask"]
+    print(f"\nmask: {mask and mask['message']}")
+    assert mask is not None and mask["type"] == "GPUOutOfMemoryError"  # before: a bare MemoryError
+    assert "tree-attention mask" in mask["message"] and "200000 bytes" in mask["message"]
+    assert "context_window_size" not in mask["message"] and "model_lib_cpu" in mask["message"]
+
+
 def test_an_allocation_past_the_limits_is_a_typed_error_and_a_full_device_reloads(faults: dict[str, Any]) -> None:
-    alloc = scenario(faults, "small")["alloc"]
+    small = scenario(faults, "small")
+    alloc = small["alloc"]
     print(f"\nallocation: {alloc and alloc['message']}")
     assert alloc is not None and alloc["type"] == "GPUOutOfMemoryError"  # before: a bare MemoryError
-    assert "200000 bytes" in alloc["message"] and "The model plans" in alloc["message"]
-    assert faults["small"]["full_reply"]
+    assert "300000 bytes" in alloc["message"] and "270000 bytes" in alloc["message"]
+    assert "The model plans" in alloc["message"]
+    assert small["full_reply"]
 
 
 def test_the_memory_plan_matches_what_the_device_allocated(faults: dict[str, Any]) -> None:
     small = scenario(faults, "small")
     plan = small["plan"]
     assert plan["params_bytes"] == small["param_bytes_allocated"]
-    layers = plan["kv_cache_bytes"] // plan["kv_layer_bytes"]
+    layers = plan["kv_layers"]
     assert layers >= 1 and small["allocated_sizes"].count(plan["kv_layer_bytes"]) >= layers
+    assert small["allocated_sizes"].count(plan["kv_mask_bytes"]) >= 2
+    assert plan["kv_cache_bytes"] == layers * plan["kv_layer_bytes"] + 2 * plan["kv_mask_bytes"]
     assert plan["total_bytes"] == plan["params_bytes"] + plan["kv_cache_bytes"] + plan["temp_buffer_bytes"]
 
 

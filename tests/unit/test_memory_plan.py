@@ -42,7 +42,9 @@ def test_derived_figures() -> None:
     assert plan.params_bytes == 32000 * 576 * 2 + 576 * 4 and plan.largest_param == ("embed", 32000 * 576 * 2)
     # TVM's paged cache: (ceil(window / 16) + 1) pages x 2 (K, V) x kv heads x 16 x head_dim, per layer
     assert plan.kv_layer_bytes == (2048 // 16 + 1) * 2 * 3 * 16 * 64 * 2
-    assert plan.kv_cache_bytes == 30 * plan.kv_layer_bytes and plan.temp_buffer_bytes == 9_000_000
+    # and two 256 x 256 int32 tree-attention masks (one sequence) whatever the window
+    assert plan.kv_cache_bytes == 30 * plan.kv_layer_bytes + 2 * 256 * 256 * 4
+    assert plan.temp_buffer_bytes == 9_000_000
     assert plan.total_bytes == plan.params_bytes + plan.kv_cache_bytes + plan.temp_buffer_bytes
 
 

@@ -6,7 +6,9 @@ temp_buffer_bytes, total_bytes}``) when the compiler recorded one, else derives 
 metadata always has: the parameter list (shapes x dtypes), ``memory_usage`` (the static memory
 plan of each function; the largest counts) and, from the chat config, the KV cache TVM's paged
 cache allocates: one buffer per layer of ``pages x 2 x kv_heads x 16 x head_dim`` elements with
-``pages = ceil(window / 16) + 1`` (+2 with a sliding window).
+``pages = ceil(window / 16) + 1`` (+2 with a sliding window), plus, off CUDA and CPU, two
+tree-attention masks of 256 x 256 int32 per sequence whatever the window (TVM's
+paged_kv_cache.cc / attn_utils.h).
 
 WebGPU does not tell how much memory a device has, only the largest buffer it binds
 (``maxStorageBufferBindingSize``, ``maxBufferSize``): `check_plan` refuses a model whose
@@ -24,6 +26,9 @@ from webrt.errors import GPUOutOfMemoryError
 
 #: Tokens per page of TVM's paged KV cache (`webrt.engine.model_runner.PAGE_SIZE`).
 KV_PAGE_SIZE = 16
+#: The paged cache's tree-attention masks on WebGPU: kPagedKVCacheMaxBlockDepth (2) buffers of
+#: kTreeAttnMaxTreeSize^2 (256 x 256) int32 for the one sequence webrt keeps.
+KV_MASKS, KV_MASK_BYTES = 2, 256 * 256 * 4
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "uint32": 4, "int8": 1, "uint8": 1,
                 "int16": 2, "uint16": 2, "float64": 8, "int64": 8, "bool": 1}
 _MIB = 1 << 20
@@ -43,9 +48,12 @@ class MemoryPlan:
     temp_buffer_bytes: int
     #: the largest weight: (name, bytes)
     largest_param: tuple[str, int]
-    #: one layer's KV pages buffer (the KV cache's largest buffer), and bytes per token in it
+    #: layers of the KV cache, one pages buffer each (its bytes; bytes per page in it)
+    kv_layers: int
     kv_layer_bytes: int
     kv_layer_bytes_per_page: int
+    #: each of the KV cache's tree-attention masks (the same for any window)
+    kv_mask_bytes: int
     window: int
     sliding: bool
 
@@ -104,7 +112,7 @@ def plan_memory(metadata: Mapping[str, Any], chat_config: Mapping[str, Any]) -> 
     per_page = 2 * kv_heads * KV_PAGE_SIZE * head_dim * dtype_bytes(dtype)
     pages = -(-window // KV_PAGE_SIZE) + 1 + (2 if sliding else 0)
     kv_layer = pages * per_page
-    kv = layers * kv_layer
+    kv = layers * kv_layer + KV_MASKS * KV_MASK_BYTES
 
     recorded = metadata.get("memory_plan")
     if isinstance(recorded, Mapping):  # the compiler's own figures win where it gives them
@@ -112,7 +120,7 @@ def plan_memory(metadata: Mapping[str, Any], chat_config: Mapping[str, Any]) -> 
         temp = _int(recorded.get("temp_buffer_bytes")) or temp
         if _int(recorded.get("kv_cache_bytes")) and window == _int(metadata.get("context_window_size")):
             kv = _int(recorded["kv_cache_bytes"])
-    return MemoryPlan(params, kv, temp, largest, kv_layer, per_page, window, bool(sliding))
+    return MemoryPlan(params, kv, temp, largest, layers, kv_layer, per_page, KV_MASK_BYTES, window, bool(sliding))
 
 
 def buffer_limit(limits: Mapping[str, int]) -> int | None:
@@ -147,14 +155,17 @@ def buffer_too_large(what: str, nbytes: int, limit: int, plan: MemoryPlan | None
 
 
 def check_plan(plan: MemoryPlan, limits: Mapping[str, int], adapter: str) -> None:
-    """Refuse (GPUOutOfMemoryError) a plan whose largest weight or KV-cache layer exceeds the
-    device's largest storage buffer."""
+    """Refuse (GPUOutOfMemoryError) a plan whose largest weight, KV-cache layer or KV-cache mask
+    exceeds the device's largest storage buffer."""
     limit = buffer_limit(limits)
     if limit is None:
         return
     name, nbytes = plan.largest_param
     if nbytes > limit:
         raise buffer_too_large(f"weight {name!r}", nbytes, limit, plan, adapter, window_helps=False)
+    if plan.kv_mask_bytes > limit:
+        raise buffer_too_large("the KV cache's tree-attention mask (the same for any window)", plan.kv_mask_bytes,
+                               limit, plan, adapter, window_helps=False)
     if plan.kv_layer_bytes > limit:
         raise buffer_too_large(f"one layer of the KV cache ({plan.window} tokens)", plan.kv_layer_bytes, limit,
                                plan, adapter, window_helps=True)
