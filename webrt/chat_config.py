@@ -34,6 +34,28 @@ def tokenizer_files(settings: Mapping[str, Any]) -> list[str]:
 #: cache beyond it does not fit a browser or a test machine (a 135M model needs ~24 GB at 2**20).
 MAX_CONTEXT_WINDOW = 2**20
 
+#: The window settings a user may set (gen_config and chat flags, overrides, chat_opts): name ->
+#: (lowest, highest, other values allowed). -1 turns a window off, and is the "no attention sink".
+WINDOW_SETTINGS: dict[str, tuple[int, int, tuple[int, ...]]] = {
+    "context_window_size": (1, MAX_CONTEXT_WINDOW, (-1,)),
+    "sliding_window_size": (1, MAX_CONTEXT_WINDOW, (-1,)),
+    "prefill_chunk_size": (1, MAX_CONTEXT_WINDOW, ()),
+    "attention_sink_size": (0, MAX_CONTEXT_WINDOW - 1, (-1,)),
+}
+
+
+def window_setting_problem(name: str, value: int) -> str | None:
+    """Why ``value`` cannot be the window setting ``name`` (its bounds and the fix), or None."""
+    low, high, allowed = WINDOW_SETTINGS[name]
+    if value in allowed or low <= value <= high:
+        return None
+    also = f" (or {' / '.join(map(str, allowed))}: off)" if allowed else ""
+    if value > high:
+        return (f"{name} must be between {low} and {high} tokens{also}, got {value}: a larger KV cache does not "
+                f"fit a browser or a test machine; pass at most {high}.")
+    return f"{name} must be between {low} and {high} tokens{also}, got {value}; pass a value in that range."
+
+
 def read_int(settings: Mapping[str, Any], name: str, default: int) -> int:
     """``settings[name]`` as an integer (``default`` when absent or null)."""
     value = settings.get(name, default)

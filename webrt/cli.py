@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from webrt.chat_config import CHAT_CONFIG_FILE
+from webrt.chat_config import CHAT_CONFIG_FILE, window_setting_problem
 from webrt.errors import WebrtError
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
@@ -21,6 +21,32 @@ def command(name: str, help_text: str):
         return add_arguments
 
     return register
+
+
+def window_flag(name: str) -> Callable[[str], int]:
+    """The argparse ``type`` of the flag setting window setting ``name`` (e.g.
+    ``--context-window-size``): a whole number within the bounds of
+    `webrt.chat_config.WINDOW_SETTINGS`, checked before any work (argparse prints the usage line
+    and ``error: argument --flag: ...``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = None
+            if number is None or not number.is_integer():
+                raise argparse.ArgumentTypeError(f"must be a whole number of tokens, got {text!r}") from None
+            value = int(number)  # 1e5
+        problem = window_setting_problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = name  # argparse names the type in its own messages
+    return parse
 
 
 @command("convert_weight", "convert and quantize HF / GGUF weights into an MLC tensor cache")
@@ -47,10 +73,10 @@ def _gen_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="Hugging Face model folder or .gguf file")
     p.add_argument("--quantization", required=True)
     p.add_argument("--conv-template", required=True, help="conversation template name (see webrt.conversation)")
-    p.add_argument("--context-window-size", type=int)
-    p.add_argument("--sliding-window-size", type=int)
-    p.add_argument("--prefill-chunk-size", type=int)
-    p.add_argument("--attention-sink-size", type=int)
+    p.add_argument("--context-window-size", type=window_flag("context_window_size"))
+    p.add_argument("--sliding-window-size", type=window_flag("sliding_window_size"))
+    p.add_argument("--prefill-chunk-size", type=window_flag("prefill_chunk_size"))
+    p.add_argument("--attention-sink-size", type=window_flag("attention_sink_size"))
     p.add_argument("-o", "--output", required=True, help="output folder (usually the convert_weight folder)")
 
     def run(a: argparse.Namespace) -> None:
@@ -99,7 +125,7 @@ def _chat(p: argparse.ArgumentParser) -> None:
                    help="longest reply in tokens (default: 512, webrt.chat_module.CHAT_REPLY_MAX_TOKENS)")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--system", help="system message (replaces the template's)")
-    p.add_argument("--context-window-size", type=int, help="KV cache size to allocate")
+    p.add_argument("--context-window-size", type=window_flag("context_window_size"), help="KV cache size to allocate")
 
     def run(a: argparse.Namespace) -> None:
         from webrt.chat_module import CHAT_REPLY_MAX_TOKENS, ChatModule, chat_repl

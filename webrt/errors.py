@@ -48,6 +48,15 @@ class DeviceLostError(WebrtError, RuntimeError):
     """The WebGPU device was lost or could not be created."""
 
 
+class GPUOutOfMemoryError(WebrtError, MemoryError):
+    """A GPU buffer does not fit the device (past its buffer limits, or out of memory); the message
+    names the model's planned memory and the smaller options."""
+
+
+class GPUTimeoutError(WebrtError, TimeoutError):
+    """A wait on the GPU (a readback, the queue, a compute pipeline, the adapter) did not end in time."""
+
+
 class ContextWindowSizeExceededError(WebrtError, ValueError):
     """A prompt does not fit in the model's context window."""
 

@@ -288,3 +288,58 @@ def test_cancel_and_interrupt_keep_the_cache_consistent(art, how: str, stream: b
             assert got == await reference.areply(question), f"{how} at call {k}"
 
     run(main())
+
+
+# --- a long prefill stops between its chunks -------------------------------------------------------
+CHUNK = 4
+LONG_PROMPT = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog, " * 4}]
+
+
+@pytest.mark.parametrize("how", ["cancel-task", "interrupt_generate"])
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_a_long_prefill_stops_between_chunks_and_keeps_the_cache_consistent(art, how: str, stream: bool) -> None:
+    """A prompt of many ``prefill_chunk_size`` chunks: an interrupt during its third chunk stops
+    it before the fourth (before: every chunk ran), and the next reply equals a fresh cache's."""
+    reference = Reference(art)
+
+    async def main():
+        engine = await engine_for(art, {"prefill_chunk_size": CHUNK})
+        prompt = engine.get_model().chat_prompt_tokens(LONG_PROMPT)
+        assert len(prompt) > 6 * CHUNK
+        task: asyncio.Task | None = None
+        calls: list[int] = []
+
+        def on_call(k: int, name: str) -> None:
+            calls.append(k)
+            if k == 3:
+                if how == "cancel-task":
+                    task.cancel()
+                else:
+                    asyncio.ensure_future(engine.interrupt_generate())
+
+        async def request() -> str:
+            if not stream:
+                out = await engine.chat.completions.create(messages=LONG_PROMPT, **LONG)
+                return out.choices[0].message.content
+            return "".join([c.choices[0].delta.get("content", "") async for c in
+                            await engine.chat.completions.create(messages=LONG_PROMPT, stream=True, **LONG)])
+
+        unwrap = wrap_model_calls(engine, on_call)
+        task = asyncio.create_task(request())
+        try:
+            partial = await task
+            assert how == "interrupt_generate" and partial == ""
+        except asyncio.CancelledError:
+            assert how == "cancel-task"
+        finally:
+            unwrap()
+        assert calls == [1, 2, 3]  # the prefill went no further than the chunk it was in
+        cached = engine.get_model().cached_tokens
+        assert cached == prompt[:3 * CHUNK] and engine.get_model().runner.total_tokens == len(cached)
+        question = [{"role": "user", "content": "The quick brown fox"}]
+        got = (await engine.chat.completions.create(messages=question, **GREEDY)).choices[0].message.content
+        assert got == await reference.areply(question)
+        again = (await engine.chat.completions.create(messages=LONG_PROMPT, **GREEDY)).choices[0].message.content
+        assert again == await reference.areply(LONG_PROMPT)
+
+    run(main())

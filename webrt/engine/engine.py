@@ -5,9 +5,11 @@
     reply = await engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
     async for chunk in await engine.chat.completions.create(messages=..., stream=True): ...
 
-All model work is plain function calls; between tokens (and between choices) the engine awaits
-``asyncio.sleep(0)`` so the event loop (the browser's, under Pyodide) stays responsive, and
-``interrupt_generate()`` or cancelling the request's task takes effect within one step.
+All model work is plain function calls; between tokens, prefill chunks (``prefill_chunk_size``)
+and choices the engine awaits ``asyncio.sleep(0)`` so the event loop (the browser's, under
+Pyodide) stays responsive, and ``interrupt_generate()`` or cancelling the request's task takes
+effect within one step: a long prompt stops between two chunks, with the chunks so far kept in
+the cache and its record.
 
 Requests to one model take turns on its KV cache (:class:`_CacheGuard`): a request holds the
 cache while it computes. A stream holds it while its consumer pulls chunks; once the consumer
@@ -117,13 +119,16 @@ class _CacheGuard:
         await self.acquire(who)
         return False
 
-    def step(self, run: Callable[[], Step]) -> Step:
+    def step(self, run: Callable[[], Step | None]) -> Step | None:
         """Run one model step; if it does not finish, the cache is emptied (now or before its next use)."""
         self.suspect = True
         try:
             result = run()
         except BaseException:
-            self._settle()
+            try:
+                self._settle()
+            except Exception:  # noqa: BLE001 - the backend broke (a lost GPU, a dead instance): the error
+                pass  # being raised says why; the cache stays suspect and is emptied before its next use
             raise
         self.suspect = False
         return result
@@ -350,12 +355,14 @@ class Engine:
         return self._models.get(model.model_id) is model
 
     async def _run_choice(self, guard: _CacheGuard, generation: Generation, on_step: Callable[[Step], None]) -> None:
-        """Drive one generation to its end, yielding to the event loop before every step."""
-        await asyncio.sleep(0)  # also before the first: n choices of one token each stay cancellable
-        on_step(generation.abort() if self._interrupt_requested else guard.step(generation.start))
+        """Drive one generation to its end, yielding to the event loop before every step (each
+        prefill chunk and each token; also before the first: n choices of one token each, or one
+        long prompt, stay cancellable)."""
         while not generation.finished:
             await asyncio.sleep(0)
-            on_step(generation.abort() if self._interrupt_requested else guard.step(generation.advance))
+            step = generation.abort() if self._interrupt_requested else guard.step(generation.next_step)
+            if step is not None:
+                on_step(step)
 
     async def _complete(
         self, model: LoadedModel, request: GenerationRequest, prompt: list[int],
@@ -417,20 +424,16 @@ class Engine:
             self._interrupt_requested = False
             stats = RoundStats(prompt_tokens=len(prompt))
             generation = Generation(model, prompt, config, rng, stats)
-            await asyncio.sleep(0)
-            step = generation.abort() if self._interrupt_requested else guard.step(generation.start)
-            while True:
-                if step.text or step.logprob is not None:
+            while not generation.finished:
+                await asyncio.sleep(0)  # before each prefill chunk and each token
+                if self._interrupt_requested or not self._is_loaded(model):
+                    step: Step | None = generation.abort()
+                else:
+                    step = guard.step(generation.next_step)
+                if step is not None and (step.text or step.logprob is not None):
                     guard.park(me)
                     yield chunk(step.text, step.logprob)
-                    await guard.resume(me)  # advance() re-prefills if another request used the cache
-                if generation.finished:
-                    break
-                await asyncio.sleep(0)
-                if self._interrupt_requested or not self._is_loaded(model):
-                    step = generation.abort()
-                else:
-                    step = guard.step(generation.advance)
+                    await guard.resume(me)  # next_step() re-prefills if another request used the cache
             model.last_stats = stats
         finally:
             guard.release(me)

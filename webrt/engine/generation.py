@@ -1,8 +1,9 @@
 """One generated choice, step by step: sample on the device, detokenize, stop, account.
 
-Plain synchronous functions (no asyncio here): the engine calls :meth:`Generation.start`
-(prefill + first token) and then :meth:`Generation.advance` (decode + next token) between
-``await asyncio.sleep(0)`` so the event loop stays responsive. Each step applies the logit
+Plain synchronous functions (no asyncio here): the engine calls :meth:`Generation.next_step`
+(one prefill chunk, the last one with the first token; then decode + next token) between
+``await asyncio.sleep(0)`` so the event loop stays responsive and an interrupt or a cancellation
+takes effect within one chunk or token. Each step applies the logit
 processors on the device in WebLLM's order (logit bias, penalties, JSON bitmask), then samples:
 argmax at temperature ~0, else softmax / argsort / top-p with a uniform draw from the request's
 ``random.Random`` (seeded requests are therefore reproducible). Pure Python.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from webrt.engine.config import ChatConfig
 from webrt.engine.json_grammar import JsonMatcher
@@ -112,6 +113,9 @@ class Generation:
         self.finish_reason: str | None = None
         self.logprobs: list[dict[str, Any]] = []
         self._pending_token: int | None = None  # sampled, not yet fed to the model
+        self._started = False
+        #: the prefill in progress (`LoadedModel.prefill_steps`), between two of its chunks
+        self._prefill: Iterator[tuple[Any, int, int]] | None = None
         self._detokenizer = StreamingDetokenizer(model.tokenizer)
         stops = list(config.stop)
         if not config.ignore_eos and not config.json_mode:
@@ -129,33 +133,47 @@ class Generation:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def start(self) -> Step:
-        """Prefill the prompt (reusing the cached prefix) and sample the first token."""
+    def next_step(self) -> Step | None:
+        """Do the next unit of model work: one prefill chunk, or one decode step.
+
+        The first calls prefill the prompt (reusing the cached prefix), one chunk of at most
+        ``prefill_chunk_size`` tokens per call, returning None until the last chunk, which
+        samples the first token. Later calls feed the last token and sample the next one; if the
+        cache no longer holds this generation's tokens (another request used it between two
+        steps of a stream), they are prefilled again first, chunk by chunk, reusing the common
+        prefix. Between two calls the cache matches the model's record, so the caller may stop."""
+        if self.finished:
+            raise WebrtError("next_step() after the generation finished")
         begin = time.perf_counter()
-        logits, prefilled = self.model.prefill_prompt(self.prompt_tokens)
-        step = self._sample_and_accept(logits)
+        if self._prefill is None:
+            if not self._started:
+                self._prefill = self.model.prefill_steps(self.prompt_tokens)
+                self._started = True
+            elif self._cache_holds_own_tokens():
+                assert self._pending_token is not None
+                logits = self.model.decode(self._pending_token)
+                self._pending_token = None
+                return self._account_decode(begin, self._sample_and_accept(logits))
+            else:
+                self._prefill = self.model.prefill_steps(self.prompt_tokens + self.output_ids)
+        replay = self._pending_token is not None  # prefilling its own tokens again (a decode step)
+        logits, size, remaining = next(self._prefill)
+        self.stats.prefill_tokens += size
+        if not remaining:
+            self._prefill = None
+            self._pending_token = None
+        step = None if remaining else self._sample_and_accept(logits)
         elapsed = time.perf_counter() - begin
-        self.stats.prefill_tokens += prefilled
-        self.stats.prefill_time += elapsed
-        if self.stats.first_token_time is None:
-            self.stats.first_token_time = time.perf_counter() - self.stats.started
+        if replay:
+            self.stats.decode_time += elapsed
+            self.stats.decode_steps += step is not None
+        else:
+            self.stats.prefill_time += elapsed
+            if step is not None and self.stats.first_token_time is None:
+                self.stats.first_token_time = time.perf_counter() - self.stats.started
         return step
 
-    def advance(self) -> Step:
-        """Feed the last token and sample the next one.
-
-        If the cache no longer holds this generation's tokens (another request used it between
-        two steps of a stream), they are prefilled again first, reusing the common prefix."""
-        if self.finished or self._pending_token is None:
-            raise WebrtError("advance() after the generation finished")
-        begin = time.perf_counter()
-        if self._cache_holds_own_tokens():
-            logits = self.model.decode(self._pending_token)
-        else:
-            logits, prefilled = self.model.prefill_prompt(self.prompt_tokens + self.output_ids)
-            self.stats.prefill_tokens += prefilled
-        self._pending_token = None
-        step = self._sample_and_accept(logits)
+    def _account_decode(self, begin: float, step: Step) -> Step:
         self.stats.decode_time += time.perf_counter() - begin
         self.stats.decode_steps += 1
         return step
@@ -167,7 +185,9 @@ class Generation:
                 and cached[len(prompt):] == outputs[:-1] and cached[: len(prompt)] == prompt)
 
     def abort(self) -> Step:
-        """Stop here (interrupted): finish_reason ``abort``, release held-back text."""
+        """Stop here (interrupted, maybe between two prefill chunks): finish_reason ``abort``,
+        release held-back text."""
+        self._prefill = None
         return Step(self._finish("abort"))
 
     # --- internals ----------------------------------------------------------------------------

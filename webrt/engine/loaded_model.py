@@ -2,8 +2,8 @@
 
 The cache holds one token sequence. :meth:`LoadedModel.prefill_prompt` keeps the longest
 common prefix of that sequence and the new prompt, rolls back the rest and prefills only the
-new part (in ``prefill_chunk_size`` chunks), so a chat that extends the previous conversation
-pays only for its new turn. Chat prompts are rendered whole each turn (with the model's own chat
+new part (in ``prefill_chunk_size`` chunks, one step each: :meth:`LoadedModel.prefill_steps`),
+so a chat that extends the previous conversation pays only for its new turn. Chat prompts are rendered whole each turn (with the model's own chat
 template when the config has one, tokenized without adding special tokens, as transformers'
 ``apply_chat_template(tokenize=True)`` does; else with ``conv_template``), and that prefix
 match finds the tokens of the earlier turns already in the cache. Pure Python.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from webrt.conversation import conversation_from_messages
@@ -118,6 +118,17 @@ class LoadedModel:
         """Make the cache hold ``prompt``; return (logits after its last token, tokens prefilled).
 
         The engine checked that the prompt fits the window when the request arrived."""
+        logits, prefilled = None, 0
+        for logits, chunk, _ in self.prefill_steps(prompt):
+            prefilled += chunk
+        return logits, prefilled
+
+    def prefill_steps(self, prompt: list[int]) -> Iterator[tuple[Any, int, int]]:
+        """Make the cache hold ``prompt``, one forward call per step: keep the common prefix,
+        then after each chunk yield (its logits, tokens it took, tokens still to prefill).
+
+        Between steps ``cached_tokens`` is exactly what the cache holds, so a caller that stops
+        early (an interrupt between chunks) leaves it consistent."""
         keep = common_prefix_length(self.cached_tokens, prompt)
         keep = min(keep, len(prompt) - 1)  # the last prompt token must run to give logits
         drop = len(self.cached_tokens) - keep
@@ -130,9 +141,11 @@ class LoadedModel:
             self.runner.rollback(drop)
             del self.cached_tokens[keep:]
         new = prompt[keep:]
-        logits = self.runner.prefill(new)
-        self.cached_tokens.extend(new)
-        return logits, len(new)
+        done = 0
+        for logits, size in self.runner.prefill_chunks(new):
+            self.cached_tokens.extend(new[done : done + size])
+            done += size
+            yield logits, size, len(new) - done
 
     def decode(self, token: int) -> Any:
         """Feed one generated token; return the next logits."""

@@ -9,7 +9,7 @@ keeps the cache within the window (the engine checks each prompt once, when a re
 from __future__ import annotations
 
 import struct
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from webrt.chat_config import WindowConfig
 from webrt.engine.backend import Backend
@@ -112,15 +112,23 @@ class ModelRunner:
 
     def prefill(self, tokens: Sequence[int]) -> Any:
         """Append ``tokens`` to the cache; return the logits tensor [1, 1, V] after the last one."""
+        logits = None
+        for logits, _ in self.prefill_chunks(tokens):
+            pass
+        return logits
+
+    def prefill_chunks(self, tokens: Sequence[int]) -> Iterator[tuple[Any, int]]:
+        """Append ``tokens`` one forward call at a time; after each call yield (its logits
+        tensor [1, 1, V], the tokens it took). Between two calls the cache holds exactly the
+        tokens of the calls so far, so a caller may stop (or yield to the event loop) there."""
         if not tokens:
             raise ValueError("prefill needs at least one token")
-        logits = None
         start = 0
         while start < len(tokens):
             size = self._chunk_size_at(len(tokens) - start)
             logits = self._forward(tokens[start : start + size])
             start += size
-        return logits
+            yield logits, size
 
     def _chunk_size_at(self, remaining: int) -> int:
         """How many tokens the next forward call may take.

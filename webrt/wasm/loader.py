@@ -184,6 +184,7 @@ class WebGPUModelLoader:
         wasm = await self.cache.fetch_library(wasm_url, record.integrity)
         t_wasm = time.perf_counter()
         runtime = await Runtime.load(wasm, gpu)
+        runtime.check_memory(chat_config)  # GPUOutOfMemoryError before any weight is downloaded
         kernels = await self.cache.launched_kernels(wasm_url) if self.use_kernel_list else None
         known = runtime.kernel_infos()
         wanted = None if kernels is None else [k for k in kernels if k in known]

@@ -5,6 +5,7 @@ Sequence (the same as WebLLM's, in Python)::
     gpu = await request_device()                       # webrt.wasm.webgpu.device
     rt = await Runtime.load(wasm_bytes, gpu)           # instantiate, register the device API,
                                                        # VM on webgpu + pooled allocator, check metadata
+    rt.check_memory(chat_config)                       # planned buffers vs the device's limits
     await rt.load_pipelines(progress=print)            # createComputePipelineAsync per kernel
     index = await cache.fetch_index(model_url)         # webrt.ndarray_cache.artifact_cache
     params = await upload_params(rt, rt.param_names, cache.iter_shards(model_url, index.shards))
@@ -35,7 +36,7 @@ import time
 from typing import Any, Sequence
 
 from webrt.engine.progress import InitProgressCallback, InitProgressReport
-from webrt.errors import ModelLibraryError
+from webrt.errors import DeviceLostError, GPUTimeoutError, ModelLibraryError
 from webrt.wasm.ffi import WEBGPU, AllocatorKind, Device, DeviceType
 from webrt.wasm.instance import Instance
 from webrt.wasm.objects import Module
@@ -43,6 +44,7 @@ from webrt.wasm.webgpu.context import WebGPUContext
 from webrt.wasm.webgpu.device import GPUInfo
 from webrt.wasm.webgpu.device_api import register_device_api
 from webrt.wasm.webgpu.features import check_library
+from webrt.wasm.webgpu.memory_plan import MemoryPlan, check_plan, plan_memory
 
 
 #: `_metadata()["webrt"]["device"]` of the two kinds of browser library (`webrt compile --device`).
@@ -133,6 +135,19 @@ class Runtime:
         rt.timings["vm_s"] = time.perf_counter() - t1
         return rt
 
+    def check_memory(self, chat_config: dict[str, Any]) -> MemoryPlan:
+        """The GPU memory the model plans with `chat_config` (its window sizes the KV cache);
+        GPUOutOfMemoryError (and the runtime disposed) if one of its buffers is above what the
+        device binds: checked before any weight is downloaded."""
+        plan = plan_memory(self.metadata, chat_config)
+        self.gpu_ctx.memory_plan = plan
+        try:
+            check_plan(plan, self.gpu.limits, self.gpu.description)
+        except BaseException:
+            self.dispose()
+            raise
+        return plan
+
     @property
     def param_names(self) -> list[str]:
         return [p["name"] for p in self.metadata.get("params", [])]
@@ -150,7 +165,8 @@ class Runtime:
         `createComputePipelineAsync`, up to `concurrency` at a time (the browser compiles them in
         parallel); the others are created on first launch. A kernel the adapter rejects is
         recorded in `stats.kernels_failed` (its launch raises ModelLibraryError) instead of
-        failing the load. Returns seconds."""
+        failing the load; a creation that does not end within `gpu.wait_timeout_s` fails it
+        (GPUTimeoutError). Returns seconds."""
         fmap = self.kernel_infos()
         wanted = None if names is None else set(names)
         todo = [n for n in fmap if wanted is None or n in wanted]
@@ -170,6 +186,8 @@ class Runtime:
                 try:
                     kernel = self.gpu_ctx.kernel(name) or await self.gpu_ctx.create_kernel_async(fmap[name],
                                                                                                  get_shader(name))
+                except (GPUTimeoutError, DeviceLostError):
+                    raise  # the device, not this kernel: the load fails
                 except Exception as exc:  # noqa: BLE001 - GPUPipelineError: the adapter rejects the WGSL
                     # the model may never launch it; if it does, the launch raises ModelLibraryError
                     self.gpu_ctx.stats.kernels_failed[name] = str(exc).splitlines()[0]

@@ -7,6 +7,8 @@
 // Options: {pyodideURL: ".../node_modules/pyodide/" (trailing slash), bundleURL: zip of webrt/...}
 
 const LIB_DIR = "/home/pyodide/webrt-lib";
+// Longest wait for the worker to boot (Pyodide and webrt downloaded, unpacked, imported).
+const BOOT_TIMEOUT_MS = 300_000;
 
 // The Python side of `runPython`: run code in one shared namespace, return JSON text.
 const RUNNER = `
@@ -58,9 +60,13 @@ export async function bootMain(opts) {
  *
  * `opts.onEvent(event)` (optional) receives what Python in the worker posts while it runs,
  * e.g. `js.postMessage(to_js({"event": {...}}))` for progress reports and streamed text.
+ * Every wait on the worker is bounded: the boot by `opts.bootTimeoutMs` (default
+ * BOOT_TIMEOUT_MS), each `runPython(code, {timeoutMs})` by its `timeoutMs` when given (a model
+ * load may rightly take minutes on a slow network, so runs have no default). A wait that runs
+ * out rejects with an Error named "WorkerTimeoutError"; a late answer is dropped.
  */
 export async function bootWorker(opts) {
-  const { onEvent, ...bootOpts } = opts;
+  const { onEvent, bootTimeoutMs = BOOT_TIMEOUT_MS, ...bootOpts } = opts;
   const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
   const pending = new Map();
   let nextId = 1;
@@ -80,16 +86,27 @@ export async function bootWorker(opts) {
     for (const p of pending.values()) p.reject(new Error(`webrt worker error: ${e.message}`));
     pending.clear();
   };
-  const call = (kind, payload) => new Promise((resolve, reject) => {
+  const call = (kind, payload, timeoutMs) => new Promise((resolve, reject) => {
     const id = nextId++;
-    pending.set(id, { resolve, reject });
+    let timer = null;
+    const settle = (fn) => (value) => { clearTimeout(timer); fn(value); };
+    pending.set(id, { resolve: settle(resolve), reject: settle(reject) });
+    if (timeoutMs) {
+      timer = setTimeout(() => {
+        if (!pending.delete(id)) return;
+        const err = new Error(`webrt worker: no answer to "${kind}" within ${timeoutMs} ms; the worker is busy ` +
+          "or hung (reload the page to start a new one)");
+        err.name = "WorkerTimeoutError";
+        reject(err);
+      }, timeoutMs);
+    }
     worker.postMessage({ id, kind, payload });
   });
-  const info = await call("boot", bootOpts);
+  const info = await call("boot", bootOpts, bootTimeoutMs);
   return {
     worker,
     bootMs: info.bootMs,
     where: info.where,
-    runPython: (code) => call("run", code),
+    runPython: (code, { timeoutMs } = {}) => call("run", code, timeoutMs),
   };
 }

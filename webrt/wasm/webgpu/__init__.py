@@ -9,6 +9,11 @@
   recording for one instance; `buffers`: its buffer table and bind group cache.
 - `kernels`: `KernelSpec` (TVM's launch convention) and `Kernel.launch`; `pipelines`: their
   compute pipelines; `device_api`: the globals TVM's C++ looks up (`register_device_api`).
+- `memory_plan`: what a library will allocate (`plan_memory`), checked against the device's buffer
+  limits before the weights are fetched (`check_plan`); GPUOutOfMemoryError names it and the
+  smaller options.
+- `waits`: every wait on the GPU bounded (`GPUInfo.wait_timeout_s`, GPUTimeoutError); a lost
+  device's rejected promises become DeviceLostError.
 - `stats`: the bridge's counters.
 """
 

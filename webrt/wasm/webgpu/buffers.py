@@ -18,10 +18,11 @@ _RECYCLE_PER_SIZE = 8
 class BufferTable:
     """Storage buffers by id, their serials, and the bind group cache (see module docstring)."""
 
-    def __init__(self, create: Callable[[int], Any], destroy: Callable[[Any], None], max_size: int | None = None):
+    def __init__(self, create: Callable[[int], Any], destroy: Callable[[Any], None],
+                 check_size: Callable[[int], None] | None = None):
         self._create = create  # size -> a new storage GPUBuffer
         self._destroy = destroy  # GPUBuffer -> None
-        self.max_size = max_size
+        self._check_size = check_size  # size -> None, or raises (a buffer the device cannot hold)
         self.buffers: list[Any] = [None]
         self.serials: list[int] = [0]
         self._sizes: list[int] = [0]
@@ -40,8 +41,8 @@ class BufferTable:
         if pool:
             buf, serial = pool.pop()
         else:
-            if self.max_size is not None and size > self.max_size:
-                raise MemoryError(f"a {size}-byte buffer exceeds this device's maxBufferSize ({self.max_size})")
+            if self._check_size is not None:
+                self._check_size(size)
             buf = self._create(size)
             serial = self._next_serial
             self._next_serial += 1

@@ -7,6 +7,11 @@ unsubmitted commands), reads back, or syncs. Each launch of a batch gets its own
 of one uniform buffer (dynamic offset); the slots are written with one `writeBuffer` at submit.
 Freed buffers are destroyed (or, when small, recycled) only after the next submit. Nothing
 allocates per launch on the JS side except what Pyodide needs to call a method.
+
+Faults: a storage buffer above the device's binding limits is GPUOutOfMemoryError (with the
+model's memory plan); every wait is bounded (`webrt.wasm.webgpu.waits`); after each readback
+`check_device` turns a lost device into DeviceLostError and an uncaptured out-of-memory error
+into GPUOutOfMemoryError.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from webrt.errors import DeviceLostError
 from webrt.wasm.webgpu.buffers import BufferTable
 from webrt.wasm.webgpu.device import GPUInfo
 from webrt.wasm.webgpu.kernels import UNIFORM_SLOT, UNIFORM_SLOTS, Kernel, KernelSpec
+from webrt.wasm.webgpu.memory_plan import MemoryPlan, buffer_limit, buffer_too_large, out_of_memory
 from webrt.wasm.webgpu.pipelines import js_desc, pipeline_descriptor
 from webrt.wasm.webgpu.stats import Stats
+from webrt.wasm.webgpu.waits import run_sync_bounded, wait_bounded
 
 _READ_POOL = 4
 
@@ -47,8 +54,11 @@ class WebGPUContext:
         self._read_usage = usage.MAP_READ | usage.COPY_DST
         self._map_read = js.GPUMapMode.READ
         self.stats = Stats()
+        #: what the model plans to allocate (set by `Runtime.check_memory`; named by out-of-memory errors)
+        self.memory_plan: MemoryPlan | None = None
+        self.max_buffer_bytes = buffer_limit(gpu.limits)
         self.storage = BufferTable(lambda size: self._new_buffer(size, storage_usage), self._destroy_buffer,
-                                   gpu.limits.get("maxBufferSize"))
+                                   self._check_buffer_size)
         self._read_pool: list[Any] = []
         self._pending: set[int] = set()  # ids used by recorded, unsubmitted commands
         self._kernels: list[Kernel] = []
@@ -79,6 +89,14 @@ class WebGPUContext:
     def _destroy_buffer(self, buf: Any) -> None:
         self.gpu.live.destroyed(int(buf.size))
         buf.destroy()
+
+    def _check_buffer_size(self, size: int) -> None:
+        """GPUOutOfMemoryError for a storage buffer above the device's binding limits (WebGPU would
+        hand back an invalid buffer and fail every later use of it)."""
+        limit = self.max_buffer_bytes
+        if limit is not None and size > limit:
+            raise buffer_too_large("the model library", size, limit, self.memory_plan, self.gpu.description,
+                                   window_helps=True)
 
     # --- device API (called from TVM's C++ through packed functions) ------------------------------
     def alloc(self, nbytes: int) -> int:
@@ -208,43 +226,64 @@ class WebGPUContext:
             self._destroy_buffer(staging)
 
     def read(self, ptr: int, offset: int, nbytes: int) -> bytes:
-        """Buffer bytes -> Python, blocking (JSPI `run_sync`): the readback shares the last submit."""
-        from pyodide.ffi import run_sync
-
+        """Buffer bytes -> Python, blocking (JSPI `run_sync`, bounded by `gpu.wait_timeout_s`): the
+        readback shares the last submit. DeviceLostError / GPUOutOfMemoryError / GPUTimeoutError
+        when the device cannot deliver them."""
         if offset % 4:
             raise ValueError(f"WebGPU source offset must be a multiple of 4, got {offset}")
         if nbytes == 0:
             return b""
+        self.check_device()
         staging, n4 = self._stage_read(ptr, offset, nbytes)
         t0 = time.perf_counter()
-        run_sync(staging.mapAsync(self._map_read, 0, n4))
+        try:
+            self._wait(staging.mapAsync(self._map_read, 0, n4), "reading GPU results back (mapAsync)")
+        except BaseException:
+            self._destroy_buffer(staging)  # its mapping may still be pending: not reusable
+            raise
         self.stats.wait_s += time.perf_counter() - t0
         data = self._js.Uint8Array.new(staging.getMappedRange(0, n4), 0, nbytes).to_bytes()
         self._recycle_read(staging)
         self.stats.readbacks += 1
-        self._check_lost()
+        self.check_device()
         return data
 
     def sync(self) -> None:
-        """Submit everything and block until the GPU (and deferred reads) are done."""
-        from pyodide.ffi import run_sync
-
+        """Submit everything and block until the GPU (and deferred reads) are done (each wait
+        bounded by `gpu.wait_timeout_s`)."""
         self.flush()
         t0 = time.perf_counter()
-        run_sync(self.queue.onSubmittedWorkDone())
+        self._wait(self.queue.onSubmittedWorkDone(), "waiting for the GPU queue (onSubmittedWorkDone)")
         while self._pending_reads:
-            run_sync(self._pending_reads.pop(0))
+            self._wait(self._pending_reads.pop(0), "reading GPU results back (mapAsync)")
         self.stats.wait_s += time.perf_counter() - t0
-        self._check_lost()
+        self.check_device()
 
     def stream_sync(self) -> None:
         """C++ `StreamSync`: submit; later host reads wait on the queue anyway."""
         self.stats.stream_syncs += 1
         self.flush()
 
-    def _check_lost(self) -> None:
+    def _wait(self, promise: Any, what: str) -> Any:
+        """Block on a GPU promise, bounded; a rejection (the device was lost or destroyed meanwhile)
+        is DeviceLostError."""
+        from pyodide.ffi import JsException
+
+        try:
+            return run_sync_bounded(promise, self.gpu.wait_timeout_s, what)
+        except JsException as exc:
+            js_error = str(exc).strip().splitlines()[-1].rsplit("JsException: ", 1)[-1]
+            raise DeviceLostError(self.gpu.lost_message(f"{what} failed: {js_error}")) from None
+
+    def check_device(self) -> None:
+        """DeviceLostError if the device was lost; GPUOutOfMemoryError if it reported running out of
+        memory since the last check (its allocations failed, so the results are garbage)."""
         if self.gpu.lost:
-            raise DeviceLostError(f"the WebGPU device was lost ({self.gpu.lost}); reload the model.")
+            raise DeviceLostError(self.gpu.lost_message())
+        if self.gpu.out_of_memory:
+            detail = "; ".join(self.gpu.out_of_memory[:3])
+            self.gpu.out_of_memory.clear()
+            raise out_of_memory(detail, self.memory_plan, self.max_buffer_bytes, self.gpu.description)
 
     # --- recording ----------------------------------------------------------------------------------
     def _begin_pass(self) -> None:
@@ -327,7 +366,8 @@ class WebGPUContext:
         spec = KernelSpec.from_info(finfo)
         t0 = time.perf_counter()
         bgl, desc = pipeline_descriptor(self.device, spec, code)
-        pipeline = await self.device.createComputePipelineAsync(desc)
+        pipeline = await wait_bounded(self.device.createComputePipelineAsync(desc), self.gpu.wait_timeout_s,
+                                      f"creating the compute pipeline of kernel {spec.name}")
         self.stats.pipeline_s[spec.name] = time.perf_counter() - t0
         return self._register(Kernel(self, spec, bgl, pipeline))
 

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 
 from webrt.errors import FeatureNotSupportedError
 from webrt.wasm.webgpu.features import missing_feature_message
+from webrt.wasm.webgpu.waits import GPU_WAIT_S, wait_bounded
 
 #: Limits raised to the adapter's value when it offers more than the default.
 RAISED_LIMITS = (
@@ -54,6 +55,10 @@ class GPUInfo:
     subgroup_max_size: int = 0
     lost: str | None = None
     errors: list[str] = field(default_factory=list)
+    #: uncaptured out-of-memory errors not yet reported (`WebGPUContext.check_device` raises them)
+    out_of_memory: list[str] = field(default_factory=list)
+    #: seconds any one wait on this device may take (`webrt.wasm.webgpu.waits`)
+    wait_timeout_s: float = GPU_WAIT_S
     #: buffers alive on this device (storage, staging, uniforms of every model loaded on it)
     live: LiveBuffers = field(default_factory=LiveBuffers)
     #: the device's event listeners (JS proxies), kept alive with it
@@ -66,6 +71,13 @@ class GPUInfo:
         if self.info.get("isFallbackAdapter"):
             return True
         return bool(getattr(self.adapter, "isFallbackAdapter", False))
+
+    def lost_message(self, detail: str | None = None) -> str:
+        """Why the device is gone, and what to do (DeviceLostError's message)."""
+        why = f"lost ({self.lost})" if self.lost else "lost"
+        detail = f"; {detail.rstrip('. ')}" if detail else ""
+        return (f"the WebGPU device ({self.description}) was {why}{detail}. The request "
+                "cannot finish; reload the model (`await engine.reload(model_id)`), which requests a new device.")
 
     @property
     def description(self) -> str:
@@ -94,8 +106,9 @@ async def request_device(required_features: Sequence[str] = (), quantization: st
     if gpu is None:
         raise FeatureNotSupportedError("this browser has no WebGPU (navigator.gpu is undefined); use a recent "
                                        "Chrome/Edge, or Chromium with --enable-unsafe-webgpu.")
-    adapter = await gpu.requestAdapter(to_js({"powerPreference": power_preference},
-                                             dict_converter=js.Object.fromEntries))
+    adapter = await wait_bounded(gpu.requestAdapter(to_js({"powerPreference": power_preference},
+                                                          dict_converter=js.Object.fromEntries)),
+                                 GPU_WAIT_S, "requesting a WebGPU adapter")
     if adapter is None:
         raise FeatureNotSupportedError("no WebGPU adapter is available (requestAdapter returned null): the GPU "
                                        "is blocklisted or WebGPU is disabled.")
@@ -114,7 +127,7 @@ async def request_device(required_features: Sequence[str] = (), quantization: st
             limits[name] = int(value)
     wanted = sorted(set(required_features) | {f for f in OPTIONAL_FEATURES if f in features})
     descriptor = to_js({"requiredFeatures": wanted, "requiredLimits": limits}, dict_converter=js.Object.fromEntries)
-    device = await adapter.requestDevice(descriptor)
+    device = await wait_bounded(adapter.requestDevice(descriptor), GPU_WAIT_S, "requesting a WebGPU device")
     if device is None:
         raise FeatureNotSupportedError(f"requestDevice failed on {desc}")
     dev_limits = {name: int(getattr(device.limits, name)) for name in
@@ -127,6 +140,8 @@ async def request_device(required_features: Sequence[str] = (), quantization: st
     def on_error(event: Any) -> None:
         msg = str(getattr(event.error, "message", event.error))
         result.errors.append(msg)
+        if str(getattr(getattr(event.error, "constructor", None), "name", "")) == "GPUOutOfMemoryError":
+            result.out_of_memory.append(msg or "a GPU allocation failed")
         js.console.error(f"[webrt webgpu] uncaptured error: {msg}")
 
     def on_lost(info: Any) -> None:
