@@ -121,13 +121,18 @@ def test_kv_cache_figure_matches_the_config_and_the_runtime_cache(tiny_library) 
         layers, kv_heads, head_dim, head_dim, heads, 16, CHUNK, "float32")
 
 
+#: Plans that exceed WebLLM's figure only by the KV cache's runtime share (one page more than the
+#: window, a prefill chunk's attention workspace, index arrays: 7.3 and 3.6 MB here), which WebLLM's
+#: figure leaves out; webrt's temporary buffer for them is below what that figure leaves for MLC's.
+OVER_BY_RUNTIME_SHARE = ("SmolLM2-135M-Instruct-q0f32-MLC", "SmolLM2-135M-Instruct-q0f16-MLC")
+
+
 @pytest.mark.slow
 def test_real_model_plans_beside_webllm() -> None:
-    """Real shapes (config.json only), planned without code generation. In MLC-LLM's accounting
-    (KV = window x bytes per token), which WebLLM's vram_required_MB follows, every plan is at
-    most WebLLM's figure; counting what TVM's runtime allocates with the cache (one more page,
-    a prefill chunk's attention workspace, index arrays), the SmolLM2 plans exceed it by less
-    than that runtime share -- WebLLM's figure leaves it out (webrt's temporary buffer is smaller)."""
+    """Real shapes (config.json only), planned without code generation, against WebLLM 0.2.86's
+    vram_required_MB: in MLC-LLM's accounting (KV = window x bytes per token), which WebLLM's
+    figures follow, every plan is at most WebLLM's; counting what TVM's runtime allocates with the
+    cache too, all but OVER_BY_RUNTIME_SHARE are."""
     from webrt.tools.bench.memory_bench import bench_memory
 
     results = {r["model_id"]: r for r in bench_memory()}
@@ -135,7 +140,6 @@ def test_real_model_plans_beside_webllm() -> None:
     for model_id, r in results.items():
         limit = r["webllm_vram_required_mb"] * MB
         assert r["mlc_style_total_bytes"] <= limit, model_id
-        runtime_share = r["total_bytes"] - r["mlc_style_total_bytes"]
-        assert 0 < runtime_share < 16 * MB and r["total_bytes"] - runtime_share <= limit, model_id
-        if not model_id.startswith("SmolLM2"):
+        assert r["mlc_style_total_bytes"] < r["total_bytes"], model_id  # the runtime share is counted
+        if model_id not in OVER_BY_RUNTIME_SHARE:
             assert r["total_bytes"] <= limit, model_id

@@ -135,7 +135,10 @@ class MemoryPlan:
             "total_bytes": self.total_bytes,
         }
         if self.kv_cache is not None:
-            out["kv_cache"] = {**asdict(self.kv_cache), "num_pages": self.kv_cache.num_pages}
+            kv = self.kv_cache
+            out["kv_cache"] = {**asdict(kv), "num_pages": kv.num_pages, "bytes_per_token": kv.bytes_per_token,
+                               "pages_bytes": kv.pages_bytes, "workspace_bytes": kv.workspace_bytes,
+                               "index_bytes": kv.index_bytes}
         return out
 
     def report(self) -> str:
