@@ -30,6 +30,7 @@ CONFIG = {
 }
 CONTEXT, CHUNK = 100, 24  # 100 tokens is not a whole number of 16-token pages
 MB = 2**20
+REAL_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
 REPORT = re.compile(r"^Total memory usage: (\d+\.\d\d) MB \(Parameters: (\d+\.\d\d) MB\. "
                     r"KVCache: (\d+\.\d\d) MB\. Temporary buffer: (\d+\.\d\d) MB\)$", re.M)
 
@@ -121,6 +122,24 @@ def test_kv_cache_figure_matches_the_config_and_the_runtime_cache(tiny_library) 
         layers, kv_heads, head_dim, head_dim, heads, 16, CHUNK, "float32")
 
 
+def test_llama3_webgpu_library_builds() -> None:
+    """Llama-3.1-8B's attention shape (head_dim 128, 4 query heads per KV head, llama3 RoPE
+    scaling) in one small layer: its WebGPU kernels all build (TVM 0.27's TIR CSE broke the
+    tree-attention kernel of this KV cache), and the plan is recorded on the way."""
+    from webrt.compiler.build import build_executable, export_model, make_target
+    from webrt.compiler.quantization import get_quantization
+    from webrt.models.config import TransformerConfig
+
+    hf = json.loads((REAL_CONFIGS / "Llama-3.1-8B-Instruct" / "config.json").read_text())
+    hf.update(hidden_size=1024, num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=1,
+              intermediate_size=256, vocab_size=320)
+    config = TransformerConfig.from_hf(hf).override(context_window_size=64, sliding_window_size=-1, prefill_chunk_size=16)
+    exported = export_model(config, get_quantization("q4f16_1"), make_target("webgpu"))
+    build_executable(exported, "webgpu")
+    kv = exported.memory_plan.kv_cache
+    assert (kv.num_layers, kv.num_attention_heads, kv.num_kv_heads, kv.qk_head_dim, kv.dtype) == (1, 8, 2, 128, "float16")
+
+
 #: Plans that exceed WebLLM's figure only by the KV cache's runtime share (one page more than the
 #: window, a prefill chunk's attention workspace, index arrays: 7.3 and 3.6 MB here), which WebLLM's
 #: figure leaves out; webrt's temporary buffer for them is below what that figure leaves for MLC's.
@@ -135,7 +154,7 @@ def test_real_model_plans_beside_webllm() -> None:
     cache too, all but OVER_BY_RUNTIME_SHARE are."""
     from webrt.tools.bench.memory_bench import bench_memory
 
-    results = {r["model_id"]: r for r in bench_memory()}
+    results = {r["model_id"]: r for r in bench_memory(REAL_CONFIGS)}
     assert len(results) == 6
     for model_id, r in results.items():
         limit = r["webllm_vram_required_mb"] * MB
