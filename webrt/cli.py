@@ -185,7 +185,7 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("bench", "benchmarks: speed beside TVM's JS runtime (browser) and HF transformers (native), quality against the reference model, tokenizer speed")
+@command("bench", "benchmarks: speed beside TVM's JS runtime (browser) and HF transformers (native), quality against the reference model, tokenizer speed, memory plans beside WebLLM's")
 def _bench(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_kind", required=True)
     for kind, lib_help in (("browser", "its WebGPU library (.wasm)"), ("native", "its CPU library (.so)")):
@@ -218,6 +218,12 @@ def _bench(p: argparse.ArgumentParser) -> None:
                    help="the libraries are WebGPU ones (.wasm): run them in headless Chromium (use a short text)")
     q.add_argument("--threads", type=int, default=2, help="transformers' intra-op threads")
     q.add_argument("--json", help="also write the raw results here")
+    q = sub.add_parser("memory", help="planned memory of real model shapes (config.json only) beside WebLLM's "
+                                      "vram_required_MB (see webrt.tools.bench.memory_bench)")
+    q.add_argument("--configs", default="tests/data/hf_configs",
+                   help="folder with one HF config.json folder per model (memory_bench.WEBLLM_RECORDS names them)")
+    q.add_argument("--device", choices=["webgpu", "wasm", "cpu"], default="webgpu")
+    q.add_argument("--json", help="also write the raw results here")
     q = sub.add_parser("tokenizer", help="pure-Python tokenizer speed, CPython and Pyodide")
     q.add_argument("tokenizers", nargs="+", help="tokenizer.json files")
     q.add_argument("--corpus", default="tests/data/tokenizer_corpus.txt", help="text, one sample a line")
@@ -230,6 +236,17 @@ def _bench(p: argparse.ArgumentParser) -> None:
         from webrt.tools.bench import report
         from webrt.errors import ModelConfigError
 
+        if a.bench_kind == "memory":
+            from webrt.tools.bench.memory_bench import bench_memory, memory_table
+
+            configs = Path(a.configs)
+            if not configs.is_dir():
+                raise ModelConfigError(f"--configs {configs} is not a folder; give the folder of HF config.json folders.")
+            results = bench_memory(configs, a.device)
+            print(memory_table(results))
+            if a.json:
+                Path(a.json).write_text(json.dumps(results, indent=1))
+            return
         if a.bench_kind == "tokenizer":
             from webrt.tools.bench.tokenizer_bench import run_cpython, run_pyodide, table
 

@@ -19,6 +19,7 @@ from tvm.s_tir import dlight as dl
 from tvm.target import Target
 
 from webrt import __version__
+from webrt.compiler.memory_plan import MemoryPlan, function_temp_bytes, plan_memory
 from webrt.compiler.quantization import Quantization
 from webrt.compiler.schedules.cpu import NTMatmulCPU
 from webrt.compiler.schedules.gpu import RowPerThreadMatmul
@@ -68,6 +69,7 @@ class ExportedModel:
     config: TransformerConfig
     quant: Quantization
     target: Target
+    memory_plan: MemoryPlan | None = None  # set by the pipeline, after static memory planning
 
 
 def export_model(config: TransformerConfig, quant: Quantization, target: Target) -> ExportedModel:
@@ -105,21 +107,6 @@ class _AttachVariableBounds:
         return out
 
 
-def _storage_bytes(func: relax.Function) -> int:
-    """Bytes of statically planned storage a relax function allocates."""
-    total = 0
-
-    def visit(expr: relax.Expr) -> None:
-        nonlocal total
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.memory.alloc_storage":
-            size = expr.args[0]
-            if isinstance(size, relax.ShapeExpr) and all(isinstance(v, tvm.tirx.IntImm) for v in size.values):
-                total += int(size.values[0])
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return total
-
-
 @tvm.transform.module_pass(opt_level=0, name="AttachMetadata")
 class _AttachMetadata:
     """Add ``_metadata() -> str`` (JSON), measuring planned memory per function."""
@@ -128,11 +115,8 @@ class _AttachMetadata:
         self.exported, self.device = exported, device
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        usage = {
-            gv.name_hint: _storage_bytes(func)
-            for gv, func in mod.functions_items()
-            if isinstance(func, relax.Function)
-        }
+        usage = function_temp_bytes(mod)
+        self.exported.memory_plan = plan_memory(mod, self.exported.params, self.exported.config, usage)
         meta = library_metadata(self.exported, self.device, usage)
         bb = relax.BlockBuilder(mod)
         with bb.function("_metadata", []):
@@ -155,6 +139,7 @@ def library_metadata(exported: ExportedModel, device: str, memory_usage: dict[st
         "max_batch_size": MAX_BATCH_SIZE,
         "kv_state_kind": "kv_cache",
         "memory_usage": memory_usage,
+        **({"memory_plan": exported.memory_plan.to_json()} if exported.memory_plan else {}),
         "params": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in exported.params],
         "webrt": {
             "version": __version__,
@@ -220,9 +205,17 @@ def relax_pipeline(exported: ExportedModel, device: str) -> tvm.transform.Pass:
     return pipeline
 
 
+def _pass_config(exported: ExportedModel) -> dict[str, Any]:
+    # TVM 0.27's TIR common-subexpression elimination breaks the GPU tree-attention kernel of a KV
+    # cache with llama3 RoPE scaling, whose inline RoPE binds the scaled frequencies with Let
+    # ("variable cse_v21 has been used before definition" on Llama-3.1-8B): those builds skip it.
+    gpu = exported.target.kind.name != "llvm"
+    return {"tirx.disable_cse_tir": True} if gpu and exported.config.rope_scaling else {}
+
+
 def build_executable(exported: ExportedModel, device: str) -> relax.VMExecutable:
     """Compile the exported module for ``device`` into a relax VM executable."""
-    with tvm.transform.PassContext(opt_level=3):
+    with tvm.transform.PassContext(opt_level=3, config=_pass_config(exported)):
         return relax.build(
             exported.mod,
             target=exported.target,

@@ -97,6 +97,8 @@ def compile_model(
 
     exported = export_model(config, quant, make_target(device))
     executable = build_executable(exported, device)
+    if exported.memory_plan is not None:  # MLC-LLM's memory report (webrt.compiler.memory_plan)
+        print(exported.memory_plan.report(), flush=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
     os.close(fd)
     try:

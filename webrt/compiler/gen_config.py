@@ -27,12 +27,17 @@ ModelConfigError naming the flag): exactly one of ``context_window_size`` and
 ``--context-window-size``. ``prefill_chunk_size`` is 1..2**20 (clipped to the window);
 ``attention_sink_size`` is -1 (none) or 0..window-1. The output folder is checked before any work
 (:mod:`webrt.compiler.output`).
+
+A Hugging Face folder needs only config.json, as with MLC-LLM: the weights are not read (a
+library can be compiled for a model whose weights are elsewhere), and a folder without
+tokenizer.json or tokenizer.model gets a TokenizerMissingWarning saying what the model then lacks.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,10 @@ from webrt.conversation.model_template import (
 from webrt.errors import ModelConfigError
 from webrt.models.config import MAX_CONTEXT_WINDOW, TransformerConfig, check_int, check_windows
 from webrt.models.registry import architecture_for_hf
+
+class TokenizerMissingWarning(UserWarning):
+    """gen_config found no tokenizer files: the config is enough to compile, not to chat."""
+
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -220,9 +229,12 @@ def _write_tokenizer(source_path: Path, is_gguf: bool, staging: Path) -> list[st
             shutil.copyfile(src, staging / name)
             copied.append(name)
     if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
-        raise ModelConfigError(
-            f"{source_path} has neither tokenizer.json nor tokenizer.model; add the tokenizer files to the folder."
-        )
+        listed = ", ".join(copied) or "no tokenizer files"
+        warnings.warn(TokenizerMissingWarning(
+            f"{source_path} has neither tokenizer.json nor tokenizer.model, so {CHAT_CONFIG_FILE} lists {listed} and "
+            "its stop tokens come without the tokenizer's own. A model library can be compiled from it, but webrt's "
+            f"engine (or WebLLM) cannot load the model until the model's tokenizer.json is beside {CHAT_CONFIG_FILE}: "
+            f"add the tokenizer files to {source_path} and run gen_config again."), stacklevel=3)
     return copied
 
 

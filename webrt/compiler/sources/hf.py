@@ -13,7 +13,11 @@ from webrt.errors import ModelConfigError, WeightFileError
 
 
 class HFSource(WeightSource):
-    """A folder with config.json and safetensors or PyTorch ``.bin`` weights, sharded or not."""
+    """A folder with config.json and safetensors or PyTorch ``.bin`` weights, sharded or not.
+
+    The weights are indexed on first use (:meth:`names`, :meth:`get`), so a folder holding only
+    config.json opens (``gen_config`` needs no weights, as MLC-LLM's does not).
+    """
 
     def __init__(self, folder: Path):
         self.path = folder
@@ -24,13 +28,14 @@ class HFSource(WeightSource):
             self.config = json.loads(cfg.read_text())
         except json.JSONDecodeError as e:
             raise ModelConfigError(f"{cfg} is not valid JSON ({e}); re-download the model.") from None
-        self._where: dict[str, Path] = {}
+        self._where: dict[str, Path] | None = None  # tensor name -> file, see _index
         self._handles: dict[Path, Any] = {}
         self._bin_cache: dict[Path, dict[str, Any]] = {}
-        files = self._weight_files()
-        for f in files:
-            for name in self._tensor_names(f):
-                self._where[name] = f
+
+    def _index(self) -> dict[str, Path]:
+        if self._where is None:
+            self._where = {name: f for f in self._weight_files() for name in self._tensor_names(f)}
+        return self._where
 
     def _weight_files(self) -> list[Path]:
         for index_name, pattern in (
@@ -87,10 +92,10 @@ class HFSource(WeightSource):
         return self._bin_cache[f]
 
     def names(self) -> list[str]:
-        return list(self._where)
+        return list(self._index())
 
     def get(self, name: str) -> np.ndarray:
-        f = self._where.get(name)
+        f = self._index().get(name)
         if f is None:
             raise WeightFileError(f"tensor {name!r} is not in {self.path}; the checkpoint is incomplete.")
         if f.suffix == ".safetensors":
