@@ -302,7 +302,11 @@ def test_buffer_table_recycles_small_buffers_and_counts_live_ones() -> None:
         live.destroyed(buf.size)
         buf.destroy()
 
-    table = BufferTable(create, destroy, max_size=4 * RECYCLE_MAX_BYTES)
+    def check_size(size: int) -> None:  # the device's limit, as WebGPUContext passes it
+        if size > 4 * RECYCLE_MAX_BYTES:
+            raise MemoryError(f"a {size}-byte buffer exceeds this device's maxBufferSize")
+
+    table = BufferTable(create, destroy, check_size)
     small, big = table.alloc(10), table.alloc(2 * RECYCLE_MAX_BYTES)
     assert table.buffer(small).size == 12 and (live.count, live.nbytes) == (2, 12 + 2 * RECYCLE_MAX_BYTES)
     table.remember_bind_group((0, table.serials[small]), "g-small")
