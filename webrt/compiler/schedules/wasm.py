@@ -253,15 +253,27 @@ def _code_dot_gemv(x: te.Tensor, words: te.Tensor, scale: te.Tensor, minimum: te
     def column(g: Any, v: Any, j: Any, w: Any) -> Any:
         return g * codes.group + (v * LANES + w) * per + j
 
+    def pow2(exponent: Any) -> Any:  # 2**exponent, exactly (a float32 bit pattern)
+        return tirx.reinterpret("float32", ((exponent + 127) * (1 << 23)).astype("int32"))
+
+    def top(j: Any) -> Any:  # the word's top field: shifted down, since it would set the sign bit
+        return j == per - 1
+
+    x_value = lambda g, v, j, w: x(0, 0, column(g, v, j, w)).astype("float32")  # noqa: E731
+    # field j of a word is read in place (worth code * 2**(bits*j)), so its input is scaled by
+    # 2**(-bits*j): the product is code * x exactly, and there is no shift
     x_staged = te.compute((groups, vectors, per, LANES),
-                          lambda g, v, j, w: x(0, 0, column(g, v, j, w)).astype("float32"), name="x_staged")
+                          lambda g, v, j, w: x_value(g, v, j, w) * tirx.Select(top(j), tirx.const(1.0, "float32"),
+                                                                                pow2(-bits * j.astype("int32"))),
+                          name="x_staged")
     v1, j1 = te.reduce_axis((0, vectors), "v"), te.reduce_axis((0, per), "j")
-    x_sum = te.compute((groups, LANES), lambda g, w: te.sum(x_staged[g, v1, j1, w], axis=[v1, j1]), name="x_group_sum")
+    x_sum = te.compute((groups, LANES), lambda g, w: te.sum(x_value(g, v1, j1, w), axis=[v1, j1]), name="x_group_sum")
 
     def code(n: Any, g: Any, v: Any, j: Any, w: Any) -> Any:
         word = words[n, g * wpg + v * LANES + w]
-        field = (word >> (j * bits).astype("uint32")) & mask
-        return field.astype("int32").astype("float32")  # < 2**8: a signed convert is exact (and one instruction)
+        shift = tirx.const(32 - bits, "uint32")
+        field = tirx.Select(top(j), word >> shift, word & (mask << (j * bits).astype("uint32")))
+        return field.astype("int32").astype("float32")  # < 2**31: a signed convert is exact (and one instruction)
 
     v2, j2 = te.reduce_axis((0, vectors), "v"), te.reduce_axis((0, per), "j")
     dot = te.compute((n_extent, groups, LANES),
