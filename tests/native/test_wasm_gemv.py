@@ -11,7 +11,12 @@ weights). Checked:
   ``f32x4`` convert, no lane-by-lane ``replace_lane``;
 - the linked .wasm, run by TVM's JS runtime in node, gives every weight bit-exactly for one-hot
   inputs (numpy's dequantization of the same codes is the reference) and the native CPU
-  library's outputs for random inputs, to float32 rounding (float16 rounding for q4f16_1).
+  library's outputs for random inputs, to float32 rounding (float16 rounding for q4f16_1);
+- whole tiny Llamas, q4f32_1 and the GGUF holding every type webrt keeps (its Q4_0, Q4_1, Q4_K
+  and Q8_0 matrices take the kernel, the others the generic schedule), compiled with
+  ``--device wasm`` and run by TVM's JS runtime in node (`webrt/tools/bench/tvmjs_node.js`):
+  prefill and greedy decode give the native CPU library's tokens and logits (within 1e-3, the
+  browser CPU-library test's bound).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from tvm import relax
 from tvm.relax.frontend import nn
 
+from test_gguf_model import tiny_gguf  # noqa: F401 - the fixture of the GGUF of every type
 from test_gguf_planes import random_blocks
 from webrt.compiler.build import ExportedModel, build_executable, make_target, relax_pipeline
 from webrt.compiler.gguf_planes import to_planes
@@ -46,7 +52,7 @@ F32_FORMATS = tuple(f for f in (*HANDLED, *GENERIC) if f != "q4f16_1")
 RESIDUAL = "Q4_1"  # this one's output also goes through a residual add (an epilogue)
 #: output rows per format: a multiple of the kernel's rows per step, but Q8_0's (one row per step)
 #: and Q4_K's (which would otherwise share Q4_1's kernel: the same formula and shapes)
-ROWS = {**dict.fromkeys((*HANDLED, *GENERIC, "residual"), 24), "Q4_K": 20, "Q8_0": 22}
+ROWS = {**dict.fromkeys((*HANDLED, *GENERIC, "residual"), 24), "Q4_K": 20, "Q8_0": 21}
 
 
 #: gguf_f32 bound to the GGUF-typed matrices of `Formats`
@@ -269,3 +275,36 @@ def test_wasm_library_in_node_matches_numpy_and_the_native_cpu_library(tmp_path:
     (y16,) = outputs(2 * len(columns) + 1, "forward_f16")
     (e16,) = native["forward_f16"](tvm.runtime.tensor(x.astype(np.float16)), *native_params)
     np.testing.assert_allclose(y16.astype(np.float32), e16.numpy()[0, 0].astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+PROMPT = [5, 17, 42, 100, 7, 250, 3, 9, 64, 128, 11]
+DECODE_STEPS = 8
+
+
+def tiny_model(which: str, request: pytest.FixtureRequest) -> Any:
+    """A tiny Llama built for cpu and wasm: q4f32_1, or gguf_f32 on the GGUF of every type."""
+    import model_factory
+
+    if which == "q4f32_1":
+        return model_factory.tiny_artifacts("llama2", "q4f32_1", devices=("cpu", "wasm"))
+    return model_factory.build_artifacts("tiny-gguf-every-type", request.getfixturevalue("tiny_gguf"), "gguf_f32",
+                                         devices=("cpu", "wasm"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["q4f32_1", "gguf_f32"])
+def test_tiny_model_wasm_library_in_node_matches_the_native_cpu_library(which: str,
+                                                                         request: pytest.FixtureRequest) -> None:
+    if shutil.which("emcc") is None or shutil.which("node") is None:
+        pytest.skip("needs emcc and node")
+    from engine_util import native_greedy_steps
+    from webrt.tools.bench.cpu_rounds import run_node
+
+    art = tiny_model(which, request)
+    (run,) = run_node(art.model_dir, [art.libs["wasm"]], PROMPT, DECODE_STEPS, 0, 1, logits=True)
+    native = native_greedy_steps(art, PROMPT, DECODE_STEPS)
+    assert run["tokens"] == native["tokens"]
+    assert len(run["logits"]) == len(native["logits"]) == DECODE_STEPS + 1
+    for step, (got, expected) in enumerate(zip(run["logits"], native["logits"], strict=True)):
+        err = float(np.max(np.abs(np.asarray(got) - np.asarray(expected))))
+        assert err <= 1e-3, f"step {step}: max |logit diff| {err:.3g}"

@@ -43,10 +43,11 @@ def _median(values: list[float]) -> float:
 
 
 def run_node(model_dir: Path, libs: list[Path], prompt: list[int], steps: int, warmup: int, rounds: int,
-             timeout_s: float = 1800) -> list[dict[str, Any]]:
-    """`tvmjs_node.js`: every library loaded once in one node process, rounds taken in turn."""
+             timeout_s: float = 1800, logits: bool = False) -> list[dict[str, Any]]:
+    """`tvmjs_node.js`: every library loaded once in one node process, rounds taken in turn (with
+    `logits`, each run also holds every step's logits)."""
     opts = {"model": str(model_dir), "libs": [str(p) for p in libs], "prompt": prompt, "steps": steps,
-            "warmup": warmup, "rounds": rounds}
+            "warmup": warmup, "rounds": rounds, "logits": logits}
     proc = subprocess.run(["node", str(BENCH_DIR / "tvmjs_node.js"), json.dumps(opts)], capture_output=True,
                           text=True, timeout=timeout_s)
     if proc.returncode != 0:
@@ -65,7 +66,7 @@ def run_rounds(model_dir: Path, libs: dict[str, Path], gguf: Path | None, rounds
         opts = {m.label: _options(m, server, steps, warmup, prompt_len) for m in models}
         for r in range(rounds):
             row: dict[str, Any] = {}
-            for m in models:
+            for m in (models if r % 2 == 0 else models[::-1]):  # every other round in reverse order
                 if "tvmjs" in runtimes:
                     row[f"tvmjs {m.label}"] = bench_tvmjs_cpu(server, opts[m.label], m, timeout_s, log)["cold"]
                 if "webrt" in runtimes:
@@ -74,13 +75,25 @@ def run_rounds(model_dir: Path, libs: dict[str, Path], gguf: Path | None, rounds
                 for threads in wllama_threads:
                     row[f"wllama {threads} thread(s)"] = bench_wllama(server, opts[models[0].label], models[0], threads,
                                                                       timeout_s, log)
-            out["rounds"].append(row)
+            out["rounds"].append({k: row[k] for k in sorted(row, key=_column_order(models))})
             log(f"[rounds] round {r + 1}: " + ", ".join(f"{k} {decode_ms(v):.1f}" for k, v in row.items()))
         out["prompt"] = opts[models[0].label]["prompt"]
     if node:
         log("[rounds] node ...")
         out["node"] = run_node(model_dir, list(libs.values()), out["prompt"], steps, warmup, rounds)
     return out
+
+
+def _column_order(models: list[BrowserModel]):
+    """Sort key of a round's columns: by runtime, then in the libraries' order (wllama last)."""
+    labels = [m.label for m in models]
+
+    def key(name: str) -> tuple[int, int, str]:
+        runtime, _, label = name.partition(" ")
+        return (RUNTIMES.index(runtime) if runtime in RUNTIMES else len(RUNTIMES),
+                labels.index(label) if label in labels else 0, name)
+
+    return key
 
 
 def decode_ms(result: dict[str, Any]) -> float:
@@ -93,16 +106,31 @@ def decode_ms(result: dict[str, Any]) -> float:
     return _median(cold.get("stepMs", []))
 
 
-def table(result: dict[str, Any]) -> str:
-    """Median decode ms/token per round and runtime, then the ratios to the first column."""
-    rows = result["rounds"]
-    names = list(rows[0])
+def cpu_ms(result: dict[str, Any]) -> float:
+    """Chromium's CPU ms per timed decode step of one run (NaN when not measured)."""
+    value = result.get("cold", result).get("cpuMsPerStep")
+    return float("nan") if value is None else float(value)
+
+
+def _ratio_table(rows: list[dict[str, Any]], names: list[str], measure) -> list[str]:
     lines = ["| round | " + " | ".join(names) + " | " + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |",
              "|---" * (1 + 2 * len(names) - 1) + "|"]
     for i, row in enumerate(rows):
-        ms = [decode_ms(row[n]) for n in names]
+        ms = [measure(row[n]) for n in names]
         lines.append(f"| {i + 1} | " + " | ".join(f"{v:.1f}" for v in ms) + " | "
                      + " | ".join(f"{v / ms[0]:.2f}x" for v in ms[1:]) + " |")
+    return lines
+
+
+def table(result: dict[str, Any]) -> str:
+    """Median decode ms/token per round and runtime, then the ratios to the first column; the same
+    for Chromium's CPU time per step (for a 2-thread run it counts both threads)."""
+    rows = result["rounds"]
+    names = list(rows[0])
+    lines = ["Decode ms/token (wall clock, median of the timed steps; wllama: its own per-token time):", "",
+             *_ratio_table(rows, names, decode_ms), "",
+             "Chromium's CPU time per decode step (ms, all its processes, `webrt.tools.bench.cpu_time`):", "",
+             *_ratio_table(rows, names, cpu_ms)]
     first = rows[0]
     notes = []
     for n in names:
@@ -116,11 +144,16 @@ def table(result: dict[str, Any]) -> str:
     notes.append(f"- same greedy tokens from every webrt/tvmjs run of round 1: {'yes' if all(t == runs[0] for t in runs) else 'NO'}")
     if "node" in result:
         node = result["node"]
-        lines_node = ["", "node (TVM's JS runtime, one process, libraries in turn):", "",
-                      "| round | " + " | ".join(Path(r["lib"]).name for r in node) + " | ratio |", "|---" * (len(node) + 2) + "|"]
+        lines_node = ["", "node (TVM's JS runtime, one process, libraries in turn; wall clock, then the process's CPU "
+                      "time per step):", "",
+                      "| round | " + " | ".join(Path(r["lib"]).name for r in node) + " | ratio | "
+                      + " | ".join(f"{Path(r['lib']).name} CPU" for r in node) + " | CPU ratio |",
+                      "|---" * (2 * len(node) + 3) + "|"]
         for i in range(len(node[0]["rounds"])):
             ms = [_median(r["rounds"][i]) for r in node]
-            lines_node.append(f"| {i + 1} | " + " | ".join(f"{v:.1f}" for v in ms) + f" | {ms[-1] / ms[0]:.2f}x |")
+            cpu = [_median(r["cpuRounds"][i]) for r in node]
+            lines_node.append(f"| {i + 1} | " + " | ".join(f"{v:.1f}" for v in ms) + f" | {ms[-1] / ms[0]:.2f}x | "
+                              + " | ".join(f"{v:.1f}" for v in cpu) + f" | {cpu[-1] / cpu[0]:.2f}x |")
         notes += lines_node
         notes.append(f"\nsame tokens in node: {'yes' if all(r['tokens'] == node[0]['tokens'] for r in node) else 'NO'}")
     return "\n".join(lines + [""] + notes)

@@ -10,7 +10,8 @@
 // fills the tensor cache instead of fetchTensorCache.
 
 // Load a library to a KV cache ready for the first token: {readyMs, ..., step(tokens)}, where
-// step runs one forward pass + argmax on the device and returns the token and where the time went.
+// step runs one forward pass + argmax on the device and returns the token and where the time went
+// (with opts.logits, the step's logits too, as an array).
 async function webrtTvmjsLoad(opts) {
   const now = () => performance.now();
   const t0 = now();
@@ -56,11 +57,14 @@ async function webrtTvmjsLoad(opts) {
     const out = (tokens.length > 1 ? prefill : decode)(embedding.view([1, tokens.length, hidden]), kv, params);
     end(kv);
     host.copyFrom(argmax(out.get(0)));
+    const logits = opts.logits ? tvm.empty(out.get(0).shape, "float32", tvm.cpu()).copyFrom(out.get(0)) : null;
     const s1 = now();
     await dev.sync();
     const token = host.toArray()[0];
+    const result = { token, totalMs: now() - s0, hostMs: s1 - s0 };
+    if (logits) result.logits = Array.from(logits.toArray());
     tvm.endScope();
-    return { token, totalMs: now() - s0, hostMs: s1 - s0 };
+    return result;
   };
   return { readyMs, pipelinesMs, weightsMs, kernels, step };
 }
@@ -71,7 +75,9 @@ async function webrtBenchTvmjs(opts) {
   const prefillStep = await step(opts.prompt);
   const tokens = [prefillStep.token];
   const steps = [];
+  let timedFromEpoch = Date.now();
   for (let i = 0; i < opts.warmup + opts.steps; i++) {
+    if (i === opts.warmup) timedFromEpoch = Date.now();
     const s = await step([tokens[tokens.length - 1]]);
     tokens.push(s.token);
     if (i >= opts.warmup) steps.push(s);
@@ -79,6 +85,7 @@ async function webrtBenchTvmjs(opts) {
   return {
     runtime: "tvmjs", readyMs, pipelinesMs, weightsMs, prefillMs: prefillStep.totalMs,
     stepMs: steps.map((s) => s.totalMs), hostMs: steps.map((s) => s.hostMs), tokens, kernels,
+    timedFromEpoch, timedToEpoch: Date.now(),
   };
 }
 globalThis.webrtTvmjsLoad = webrtTvmjsLoad;

@@ -9,7 +9,10 @@
 //        "prompt": [1, 2, 3], "steps": 16, "warmup": 2, "rounds": 3}'
 //
 // Prints one JSON object: per library its readyMs, prefillMs, tokens and per round the step
-// times (ms). Weights come from the folder's tensor-cache.json and shards ("raw" records).
+// times (ms, wall clock) and the process's CPU time per step (ms: user + system, which other
+// jobs on a shared machine do not inflate); with "logits": true also every step's logits
+// (prefill first). Weights come from the
+// folder's tensor-cache.json and shards ("raw" records).
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -38,24 +41,31 @@ async function main() {
   const config = JSON.parse(fs.readFileSync(path.join(opts.model, "mlc-chat-config.json"), "utf8"));
   const base = {
     cpu: true, contextWindow: config.context_window_size, prefillChunk: config.prefill_chunk_size,
-    loadParams: paramLoader(opts.model),
+    loadParams: paramLoader(opts.model), logits: Boolean(opts.logits),
   };
   const runs = [];
   for (const lib of opts.libs) {
     const session = await webrtTvmjsLoad({ ...base, wasmBytes: fs.readFileSync(lib) });
     const prefill = await session.step(opts.prompt);
     runs.push({ lib, session, readyMs: session.readyMs, prefillMs: prefill.totalMs, tokens: [prefill.token],
-                rounds: [] });
+                rounds: [], logits: opts.logits ? [prefill.logits] : undefined });
   }
   for (let r = 0; r < (opts.rounds || 1); r++) {
     for (const run of runs) {
-      const stepMs = [];
+      const stepMs = [], cpuMs = [];
       for (let i = 0; i < (opts.warmup || 0) + opts.steps; i++) {
+        const cpu0 = process.cpuUsage();
         const s = await run.session.step([run.tokens[run.tokens.length - 1]]);
+        const cpu = process.cpuUsage(cpu0);
         run.tokens.push(s.token);
-        if (i >= (opts.warmup || 0)) stepMs.push(s.totalMs);
+        if (opts.logits) run.logits.push(s.logits);
+        if (i >= (opts.warmup || 0)) {
+          stepMs.push(s.totalMs);
+          cpuMs.push((cpu.user + cpu.system) / 1e3);
+        }
       }
       run.rounds.push(stepMs);
+      (run.cpuRounds = run.cpuRounds || []).push(cpuMs);
     }
   }
   const out = runs.map(({ session, ...rest }) => rest);
