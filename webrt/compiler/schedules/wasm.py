@@ -43,7 +43,8 @@ from webrt.compiler.schedules.util import NTMatmulBlocks, static_extent
 #: float32 (and int32) lanes of a wasm ``v128``
 LANES = 4
 #: output rows each step of the row loop computes (independent accumulator chains): in node, 2 rows
-#: took 0.86-0.92x the time of 4 (register spills) and of 1 on SmolLM2's Q4_1, q4f32_1 and Q8_0 shapes
+#: took 0.86-0.92x the time of 4 (register spills) and 0.88-0.96x that of 1 on SmolLM2's Q4_1, q4f32_1
+#: and Q8_0 shapes
 ROWS_PER_STEP = 2
 #: bit widths of the codes this kernel unpacks (one plane of 4 or 8 bits per code)
 CODE_BITS = (4, 8)
@@ -169,8 +170,9 @@ def match_grouped_codes(block: s_tir.SBlock) -> GroupedCodes | None:
     """The grouped-code formula a ``dequantize`` block computes, if it is one this kernel handles
     (one 4- or 8-bit plane, groups of whole ``v128`` vectors); None otherwise."""
     store = block.body
-    if not isinstance(store, tirx.BufferStore) or len(block.iter_vars) != 2 or len(store.buffer.shape) != 2:
-        return None
+    if (not isinstance(store, tirx.BufferStore) or len(block.iter_vars) != 2 or len(store.indices) != 2
+            or any(not i.same_as(iv.var) for i, iv in zip(store.indices, block.iter_vars))):
+        return None  # not dequantize[row, col] = f(row, col)
     n_extent, k_extent = (int(d) for d in store.buffer.shape)
     words = [r.source for r in block.reads if r.source.dtype == "uint32"]
     floats = [r.source for r in block.reads if r.source.dtype in ("float32", "float16")]
