@@ -104,6 +104,8 @@ def weights() -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
         if kind.startswith("q4"):
             quant = get_quantization(kind)
             q_weight, q_scale = quantize_grouped(rng.standard_normal((rows, COLS)).astype(np.float32), quant)
+            # scales the float16 path must also decode exactly: zero, subnormal, tiny, negative
+            q_scale[:4, :4] = np.array([0.0, 3e-6, 6e-8, -0.75], np.float32).astype(q_scale.dtype)[:, None]
             codes = (q_weight[..., None] >> (np.arange(8, dtype=np.uint32) * 4)) & 15
             value = (codes.reshape(rows, COLS).astype(np.float32) - 7) * np.repeat(q_scale.astype(np.float32), 32, -1)
             out[fmt] = {"q_weight": q_weight, "q_scale": q_scale}, value

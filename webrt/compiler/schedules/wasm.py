@@ -248,6 +248,19 @@ def _spatial_block_as_te(block: s_tir.SBlock, tensors: dict[Any, te.Tensor]) -> 
                       name=block.name_hint)
 
 
+def _as_float32(value: Any) -> Any:
+    """``value`` as float32; a float16 one by its bits (wasm has no float16, and LLVM's conversion is a
+    library call per value): the magnitude's bits shifted into a float32 and scaled by 2**112, then
+    the sign. Exact for every finite float16, subnormals included."""
+    if _dtype(value) == "float32":
+        return value
+    bits = tirx.reinterpret("uint16", value).astype("uint32")
+    magnitude = tirx.reinterpret("float32", (bits & tirx.const(0x7FFF, "uint32")) << tirx.const(13, "uint32"))
+    magnitude = magnitude * tirx.const(2.0**112, "float32")
+    sign = (bits & tirx.const(0x8000, "uint32")) << tirx.const(16, "uint32")
+    return tirx.reinterpret("float32", tirx.reinterpret("uint32", magnitude) | sign)
+
+
 def _code_dot_gemv(x: te.Tensor, words: te.Tensor, scale: te.Tensor, minimum: te.Tensor | None,
                    codes: GroupedCodes, n_extent: int, k_extent: int) -> te.Tensor:
     """``NT_matmul [1, 1, N]`` as the module docstring's sum (TE)."""
@@ -264,7 +277,7 @@ def _code_dot_gemv(x: te.Tensor, words: te.Tensor, scale: te.Tensor, minimum: te
     def top(j: Any) -> Any:  # the word's top field: shifted down, since it would set the sign bit
         return j == per - 1
 
-    x_value = lambda g, v, j, w: x(0, 0, column(g, v, j, w)).astype("float32")  # noqa: E731
+    x_value = lambda g, v, j, w: _as_float32(x(0, 0, column(g, v, j, w)))  # noqa: E731
     # field j of a word is read in place (worth code * 2**(bits*j)), so its input is scaled by
     # 2**(-bits*j): the product is code * x exactly, and there is no shift
     x_staged = te.compute((groups, vectors, per, LANES),
@@ -289,7 +302,7 @@ def _code_dot_gemv(x: te.Tensor, words: te.Tensor, scale: te.Tensor, minimum: te
         d = dot[n, g, w]
         if codes.offset:
             d = d - tirx.const(float(codes.offset), "float32") * x_sum[g, w]
-        term = d * scale[n, g].astype("float32")
+        term = d * _as_float32(scale[n, g].asobject())
         return term + minimum[n, g] * x_sum[g, w] if minimum is not None else term
 
     g3 = te.reduce_axis((0, groups), "g")
