@@ -55,7 +55,7 @@ def make_target(device: str) -> Target:
         # in paired runs under TVM's JS runtime (BENCHMARKS.md), same tokens; 512 was no better.
         # Decode GEMVs over 4- and 8-bit codes get their own wasm kernel instead
         # (webrt.compiler.schedules.wasm: whole-vector unpacking), which NTMatmulCPU picks for
-        # this target: 0.44-0.47x the CPU time per decode step on SmolLM2 gguf_f32 in Chromium.
+        # this target: 0.44-0.53x the CPU time per decode step on SmolLM2 gguf_f32 in Chromium.
         wasm32 = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"],
                   "vector-width": 256}
         return Target(wasm32, host=wasm32)
