@@ -84,8 +84,8 @@ class Formats(nn.Module):
 
 def export(device: str) -> ExportedModel:
     plain = {"param_mode": "plain", "effect_mode": "none"}
-    spec = {"forward": {"x": nn.spec.Tensor([1, 1, COLS], "float32"), "r": nn.spec.Tensor([1, 1, ROWS["residual"]], "float32"),
-                        "$": plain},
+    spec = {"forward": {"x": nn.spec.Tensor([1, 1, COLS], "float32"),
+                        "r": nn.spec.Tensor([1, 1, ROWS["residual"]], "float32"), "$": plain},
             "forward_f16": {"x": nn.spec.Tensor([1, 1, COLS], "float16"), "$": plain}}
     mod, named = Formats().export_tvm(spec=spec)
     config = TransformerConfig("LlamaForCausalLM", "llama", 32, COLS, COLS, 1, 1, 1, COLS, 1e-5,

@@ -141,7 +141,8 @@ def table(result: dict[str, Any]) -> str:
                      + (f"; prefill {cold['prefillMs']:.0f} ms" if "prefillMs" in cold else ""))
     tokens = {n: (row[n].get("cold", row[n]).get("tokens")) for row in rows[:1] for n in names}
     runs = [t for t in tokens.values() if t]
-    notes.append(f"- same greedy tokens from every webrt/tvmjs run of round 1: {'yes' if all(t == runs[0] for t in runs) else 'NO'}")
+    same = all(t == runs[0] for t in runs)
+    notes.append(f"- same greedy tokens from every webrt/tvmjs run of round 1: {'yes' if same else 'NO'}")
     if "node" in result:
         node = result["node"]
         lines_node = ["", "node (TVM's JS runtime, one process, libraries in turn; wall clock, then the process's CPU "
