@@ -13,6 +13,10 @@ worker, as the product runs) loads a ModelRecord that names both browser librari
   the same reply.
 - With ``navigator.gpu`` made undefined in the worker (WebGPU unavailable), the loader picks the
   CPU library too; a library handed to the wrong path raises LibraryDeviceError.
+- The quantized builds, whose decode GEMVs are the wasm code-dot kernel
+  (`webrt.compiler.schedules.wasm`): the tiny Llama in q4f32_1 and the tiny GGUF of every type in
+  gguf_f32 (Q4_0, Q4_1, Q4_K and Q8_0 matrices), loaded by records that ask for the CPU library,
+  give the native CPU library's tokens and logits through the same runner steps.
 
 Tolerance: both sides run the same TIR on the CPU in fp32; they differ in vector width (wasm
 simd128 against the host's AVX) and in libm (exp, sin/cos of RoPE, rsqrt), i.e. by fp32 rounding
@@ -31,6 +35,7 @@ import pytest
 import pyodide_util
 from engine_util import native_greedy_steps
 from test_wasm_cpu_library import tiny_wasm_artifacts
+from test_wasm_gemv import tiny_gguf, tiny_model  # noqa: F401 - tiny_gguf: the fixture tiny_model uses
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -236,3 +241,61 @@ def test_bench_cpu_row_runs_the_cpu_library() -> None:
     print("\n" + table)
     assert "| tiny | webrt CPU library (wasm32+simd128; same tokens as WebGPU) | 1 |" in table
     assert "| tiny | TVM JS runtime (tvmjs), webrt's CPU library | 1 |" in table
+
+
+QUANTIZED = r"""
+import asyncio, json
+from webrt.engine import AppConfig
+from webrt.engine.model_runner import ModelRunner, WindowConfig
+from webrt.wasm.loader import WebGPUModelLoader
+
+CFG = AppConfig.from_dict({"model_list": [
+    {"model": f"/models/{name}", "model_id": name, "model_lib": "/lib/unused.wasm",
+     "model_lib_cpu": f"/lib-{name}/lib-wasm.wasm", "device": "cpu"} for name in %(names)s]})
+
+async def quantized_steps(name):
+    loader = WebGPUModelLoader(CFG)
+    record = CFG.find(name)
+    cfg = json.loads(await loader.read_text(record, "mlc-chat-config.json"))
+    backend = await loader.load(record, cfg, None)
+    runner = ModelRunner(backend, WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"],
+                                               cfg["attention_sink_size"], cfg["prefill_chunk_size"]))
+    logits = runner.prefill(%(prompt)s)
+    out = {"library": loader.last_load["library"], "logits": [runner.logits_to_list(logits)],
+           "tokens": [runner.argmax(logits)]}
+    for _ in range(%(steps)d):
+        logits = runner.decode(out["tokens"][-1])
+        out["logits"].append(runner.logits_to_list(logits))
+        out["tokens"].append(runner.argmax(logits))
+    backend.close()
+    return out
+"""
+QUANTIZATIONS = ("q4f32_1", "gguf_f32")
+
+
+@pytest.fixture(scope="module")
+def quantized_runs(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if not pyodide_util.pyodide_available():
+        pytest.skip("chromium, playwright or npm pyodide is not installed")
+    arts = {name: tiny_model(name, request) for name in QUANTIZATIONS}
+    routes = {}
+    for name, art in arts.items():
+        routes[f"/models/{name}/resolve/main/"] = art.model_dir
+        routes[f"/lib-{name}/"] = art.libs["wasm"].parent
+    out: dict[str, Any] = {}
+    with pyodide_util.PyodidePage(routes, worker=True) as page:
+        page.run(QUANTIZED % {"names": json.dumps(list(QUANTIZATIONS)), "prompt": json.dumps(PROMPT),
+                              "steps": DECODE_STEPS})
+        for name in QUANTIZATIONS:
+            out[name] = page.run(f"await asyncio.create_task(quantized_steps({name!r}))", timeout_s=300)
+    return {name: (out[name], native_greedy_steps(art, PROMPT, DECODE_STEPS)) for name, art in arts.items()}
+
+
+@pytest.mark.parametrize("name", QUANTIZATIONS)
+def test_quantized_cpu_libraries_match_the_native_cpu_library(quantized_runs: dict[str, Any], name: str) -> None:
+    browser, native = quantized_runs[name]
+    assert browser["library"] == "cpu"
+    assert browser["tokens"] == native["tokens"]
+    for step, (x, y) in enumerate(zip(browser["logits"], native["logits"], strict=True)):
+        err = max(abs(p - q) for p, q in zip(x, y, strict=True))
+        assert err <= LOGIT_ATOL, f"{name}, step {step}: max |logit diff| {err:.3g}"

@@ -54,6 +54,9 @@ def make_target(device: str) -> Target:
         # keep 8 float lanes per row, which LLVM splits into two independent f32x4 accumulators
         # (one f32x4 chain is latency-bound): 0.69-0.72x the decode step of the default 128 bits
         # in paired runs under TVM's JS runtime (BENCHMARKS.md), same tokens; 512 was no better.
+        # Decode GEMVs over 4- and 8-bit codes get their own wasm kernel instead
+        # (webrt.compiler.schedules.wasm: whole-vector unpacking), which NTMatmulCPU picks for
+        # this target: 0.44-0.53x the CPU time per decode step on SmolLM2 gguf_f32 in Chromium.
         wasm32 = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"],
                   "vector-width": 256}
         return Target(wasm32, host=wasm32)

@@ -9,6 +9,9 @@ its weight rows once into a float tile that every row of the input reuses. Epilo
 bias, residual add) run right after each output row. ``gguf_f32``'s producer (several packed
 planes, float32 scales and minimums) is scheduled the same way; where one SIMD step unpacks more
 than two words of a plane, those words are first loaded into registers together.
+
+On wasm32 (``webrt compile --device wasm``) a decode GEMV over 4- or 8-bit codes gets its own kernel
+instead (`webrt.compiler.schedules.wasm`): wasm SIMD cannot shift lanes by different amounts.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
 from webrt.compiler.schedules.util import find_nt_matmul, static_extent
+from webrt.compiler.schedules.wasm import code_dot_function, is_wasm_target, schedule_code_dot
 
 ROWS_PER_TASK = 16
 
@@ -50,6 +54,10 @@ class NTMatmulCPU(dl.ScheduleRule):
         blocks = find_nt_matmul(sch)
         if blocks is None:
             return None
+        if is_wasm_target(target):  # the browser's CPU: its own decode GEMV for 4- and 8-bit codes
+            rebuilt = code_dot_function(func, sch, blocks)
+            if rebuilt is not None:
+                return schedule_code_dot(rebuilt)
         main, dequantize, epilogues = blocks.main, blocks.dequantize, blocks.epilogues
         lanes = max(4, llvm_get_vector_width(target) // 32)  # float32 SIMD width
         *spatial, k = sch.get_loops(main)

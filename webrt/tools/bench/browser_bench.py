@@ -23,6 +23,7 @@ from typing import Any
 
 from webrt.chat_config import CHAT_CONFIG_FILE, TOKENIZER_JSON
 from webrt.errors import ToolchainError
+from webrt.tools.bench.cpu_time import CPUSampler
 from webrt.tools.chromium import Page, chromium_page
 from webrt.tools.paths import BOOT_DIR, find_node_package
 from webrt.tools.serve import ArtifactServer, ServedModel, model_file_routes
@@ -150,7 +151,11 @@ def bench_webrt_cpu(server: ArtifactServer, opts: dict[str, Any], model: Browser
         for phase, phase_opts in (("cold", opts), ("warm", {**opts, "steps": 0})):
             log(f"[bench] {model.label}: webrt CPU library, {phase} cache ...")
             page.goto(server.url("/webrt.html"))
-            out[phase] = run_page_python(page, "page_bench.py", "webrt_cpu_bench", phase_opts, timeout_s)
+            with CPUSampler(page.proc.pid) as sampler:
+                out[phase] = run_page_python(page, "page_bench.py", "webrt_cpu_bench", phase_opts, timeout_s)
+            if "stepMs" in out[phase]:
+                out[phase]["cpuMsPerStep"] = _per_step(
+                    sampler.cpu_ms(out[phase]["timedFromEpoch"], out[phase]["timedToEpoch"]), out[phase]["stepMs"])
         out["console_errors"] = [m for m in page.console if m.startswith(("error", "pageerror"))][:5]
     return out
 
@@ -162,7 +167,9 @@ def bench_tvmjs_cpu(server: ArtifactServer, opts: dict[str, Any], model: Browser
     log(f"[bench] {model.label}: tvmjs on the CPU library ...")
     with chromium_page() as page:
         page.goto(server.url("/js.html"))
-        cold = _run_tvmjs(page, {**opts, "cpu": True, "wasmURL": server.url(cpu_library_path(model))}, timeout_s)
+        with CPUSampler(page.proc.pid) as sampler:
+            cold = _run_tvmjs(page, {**opts, "cpu": True, "wasmURL": server.url(cpu_library_path(model))}, timeout_s)
+        cold["cpuMsPerStep"] = _per_step(sampler.cpu_ms(cold["timedFromEpoch"], cold["timedToEpoch"]), cold["stepMs"])
         errors = [m for m in page.console if m.startswith(("error", "pageerror"))][:5]
     return {"threads": 1, "cold": cold, "console_errors": errors}
 
@@ -178,8 +185,19 @@ def bench_wllama(server: ArtifactServer, opts: dict[str, Any], model: BrowserMod
             page.goto(server.url("/wllama.html"))
             page.evaluate("async () => { while (!window.webrtBenchWllamaReady) await new Promise(r => setTimeout(r, 20)); }",
                           timeout_s=60)
-            out[phase] = page.evaluate("(opts) => webrtBenchWllama(opts)", phase_opts, timeout_s=timeout_s)
+            with CPUSampler(page.proc.pid) as sampler:
+                out[phase] = page.evaluate("(opts) => webrtBenchWllama(opts)", phase_opts, timeout_s=timeout_s)
+            run = out[phase]
+            if run.get("predicted"):
+                end = run["completionEndEpoch"]
+                used = sampler.cpu_ms(end - run["decodeMsPerToken"] * run["predicted"], end)
+                run["cpuMsPerStep"] = None if used is None else used / run["predicted"]
     return out
+
+
+def _per_step(cpu_ms: float | None, steps: list[float]) -> float | None:
+    """CPU ms per timed step (all of Chromium's processes; see `webrt.tools.bench.cpu_time`)."""
+    return None if cpu_ms is None or not steps else cpu_ms / len(steps)
 
 
 def bench_model(model: BrowserModel, steps: int = 8, warmup: int = 2, prompt_len: int = 8,

@@ -72,13 +72,16 @@ async def _webrt_cpu_bench(opts):
     out["prefillMs"] = (time.perf_counter() - t) * 1e3
     out["promptTokens"] = len(opts["prompt"])
     tokens, total = [token], []
+    timed_from = time.time() * 1e3  # epoch ms (Date.now()): the window bench's CPU sampler reads
     for i in range(opts["warmup"] + opts["steps"]):
+        if i == opts["warmup"]:
+            timed_from = time.time() * 1e3
         t = time.perf_counter()
         token = runner.argmax(runner.decode(token))
         tokens.append(token)
         if i >= opts["warmup"]:
             total.append((time.perf_counter() - t) * 1e3)
-    out.update(stepMs=total, tokens=tokens)
+    out.update(stepMs=total, tokens=tokens, timedFromEpoch=timed_from, timedToEpoch=time.time() * 1e3)
     return out
 
 

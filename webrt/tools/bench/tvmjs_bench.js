@@ -5,13 +5,19 @@
 // (one int32 read back per step). Loaded as a classic script after /tvmjs/index.js.
 
 // With opts.cpu, the same on a CPU library (`webrt compile --device wasm`, opts.wasmURL): no
-// WebGPU, the VM and every tensor on tvm.cpu() in wasm memory.
-async function webrtBenchTvmjs(opts) {
+// WebGPU, the VM and every tensor on tvm.cpu() in wasm memory. Outside a page (node:
+// tvmjs_node.js) opts.wasmBytes replaces the fetch of opts.wasmURL and opts.loadParams(tvm, dev)
+// fills the tensor cache instead of fetchTensorCache.
+
+// Load a library to a KV cache ready for the first token: {readyMs, ..., step(tokens)}, where
+// step runs one forward pass + argmax on the device and returns the token and where the time went
+// (with opts.logits, the step's logits too, as an array).
+async function webrtTvmjsLoad(opts) {
   const now = () => performance.now();
   const t0 = now();
   const gpu = opts.cpu ? null : await tvmjs.detectGPUDevice();
   if (!gpu && !opts.cpu) throw new Error("no WebGPU adapter");
-  const wasm = await (await fetch(opts.wasmURL)).arrayBuffer();
+  const wasm = opts.wasmBytes || await (await fetch(opts.wasmURL)).arrayBuffer();
   const tvm = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), () => {});
   if (gpu) tvm.initWebGPU(gpu.device);
   const dev = gpu ? tvm.webgpu() : tvm.cpu();
@@ -22,7 +28,8 @@ async function webrtBenchTvmjs(opts) {
   const pipelinesMs = now() - tPipelines;
   const metadata = JSON.parse(vm.getFunction("_metadata")());
   const tWeights = now();
-  await tvm.fetchTensorCache(opts.modelURL, dev, "webrt-bench-tvmjs", "cache");
+  if (opts.loadParams) opts.loadParams(tvm, dev);
+  else await tvm.fetchTensorCache(opts.modelURL, dev, "webrt-bench-tvmjs", "cache");
   const params = tvm.detachFromCurrentScope(tvm.getParamsFromCacheByName(metadata.params.map((p) => p.name)));
   const weightsMs = now() - tWeights;
   const fn = (name) => tvm.detachFromCurrentScope(vm.getFunction(name));
@@ -38,10 +45,8 @@ async function webrtBenchTvmjs(opts) {
   const readyMs = now() - t0;
   const kernels = gpu ? Object.keys(JSON.parse(vm.getInternalModule().getFunction("webgpu.get_fmap", true)())).length : 0;
   tvm.endScope();
-  if (!opts.steps) return { runtime: "tvmjs", readyMs, pipelinesMs, weightsMs, kernels };
 
   const host = tvm.withNewScope(() => tvm.detachFromCurrentScope(tvm.empty([1], "int32", tvm.cpu())));
-  // one forward pass + argmax on the device; returns the token and where the time went
   const step = async (tokens) => {
     const s0 = now();
     tvm.beginScope();
@@ -52,17 +57,27 @@ async function webrtBenchTvmjs(opts) {
     const out = (tokens.length > 1 ? prefill : decode)(embedding.view([1, tokens.length, hidden]), kv, params);
     end(kv);
     host.copyFrom(argmax(out.get(0)));
+    const logits = opts.logits ? tvm.empty(out.get(0).shape, "float32", tvm.cpu()).copyFrom(out.get(0)) : null;
     const s1 = now();
     await dev.sync();
     const token = host.toArray()[0];
+    const result = { token, totalMs: now() - s0, hostMs: s1 - s0 };
+    if (logits) result.logits = Array.from(logits.toArray());
     tvm.endScope();
-    return { token, totalMs: now() - s0, hostMs: s1 - s0 };
+    return result;
   };
+  return { readyMs, pipelinesMs, weightsMs, kernels, step };
+}
 
+async function webrtBenchTvmjs(opts) {
+  const { readyMs, pipelinesMs, weightsMs, kernels, step } = await webrtTvmjsLoad(opts);
+  if (!opts.steps) return { runtime: "tvmjs", readyMs, pipelinesMs, weightsMs, kernels };
   const prefillStep = await step(opts.prompt);
   const tokens = [prefillStep.token];
   const steps = [];
+  let timedFromEpoch = Date.now();
   for (let i = 0; i < opts.warmup + opts.steps; i++) {
+    if (i === opts.warmup) timedFromEpoch = Date.now();
     const s = await step([tokens[tokens.length - 1]]);
     tokens.push(s.token);
     if (i >= opts.warmup) steps.push(s);
@@ -70,6 +85,8 @@ async function webrtBenchTvmjs(opts) {
   return {
     runtime: "tvmjs", readyMs, pipelinesMs, weightsMs, prefillMs: prefillStep.totalMs,
     stepMs: steps.map((s) => s.totalMs), hostMs: steps.map((s) => s.hostMs), tokens, kernels,
+    timedFromEpoch, timedToEpoch: Date.now(),
   };
 }
+globalThis.webrtTvmjsLoad = webrtTvmjsLoad;
 globalThis.webrtBenchTvmjs = webrtBenchTvmjs;

@@ -17,6 +17,7 @@ window.webrtBenchWllama = async (opts) => {
   if (opts.steps > 0) {
     const maxTokens = opts.warmup + opts.steps + 1;
     const reply = await wllama.createCompletion({ prompt: opts.promptText, max_tokens: maxTokens, temperature: 0 });
+    out.completionEndEpoch = Date.now();  // decoding is the last predicted_ms before it
     const t = reply.timings || {};
     out.prefillMs = t.prompt_ms;
     out.promptTokens = t.prompt_n;
