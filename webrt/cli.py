@@ -185,7 +185,7 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("bench", "benchmarks: speed beside TVM's JS runtime (browser) and HF transformers (native), quality against the reference model, tokenizer speed, memory plans beside WebLLM's")
+@command("bench", "benchmarks: speed beside TVM's JS runtime (browser), wllama (cpu) and HF transformers (native), quality against the reference model, tokenizer speed, memory plans beside WebLLM's")
 def _bench(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_kind", required=True)
     for kind, lib_help in (("browser", "its WebGPU library (.wasm)"), ("native", "its CPU library (.so)")):
@@ -224,6 +224,11 @@ def _bench(p: argparse.ArgumentParser) -> None:
                    help="folder with one HF config.json folder per model (memory_bench.WEBLLM_RECORDS names them)")
     q.add_argument("--device", choices=["webgpu", "wasm", "cpu"], default="webgpu")
     q.add_argument("--json", help="also write the raw results here")
+    q = sub.add_parser("cpu", help="the browser's CPU libraries (--device wasm) in paired rounds beside wllama "
+                                   "(see webrt.tools.bench.cpu_rounds)")
+    from webrt.tools.bench.cpu_rounds import add_arguments as cpu_arguments
+
+    cpu_arguments(q)
     q = sub.add_parser("tokenizer", help="pure-Python tokenizer speed, CPython and Pyodide")
     q.add_argument("tokenizers", nargs="+", help="tokenizer.json files")
     q.add_argument("--corpus", default="tests/data/tokenizer_corpus.txt", help="text, one sample a line")
@@ -246,6 +251,11 @@ def _bench(p: argparse.ArgumentParser) -> None:
             print(memory_table(results))
             if a.json:
                 Path(a.json).write_text(json.dumps(results, indent=1))
+            return
+        if a.bench_kind == "cpu":
+            from webrt.tools.bench.cpu_rounds import run as run_cpu_rounds
+
+            run_cpu_rounds(a)
             return
         if a.bench_kind == "tokenizer":
             from webrt.tools.bench.tokenizer_bench import run_cpython, run_pyodide, table

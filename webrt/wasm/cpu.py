@@ -14,9 +14,9 @@ works from any Python frame, JSPI or not).
 
 Threads: TVM's web runtime runs parallel loops serially (`TVMBackendParallelLaunch` in
 ``web/emcc/wasm_runtime.cc`` runs one task), so the library is single-threaded unless the host
-provides threads. Measured on SmolLM2 q4f32_1 under TVM's JS runtime in headless Chromium 156 (one
-thread): 58 ms/token; llama.cpp's wasm build (wllama) decodes the same GGUF at 62 ms/token on one
-thread, 35 on two.
+provides threads. With the wasm decode kernel (`webrt.compiler.schedules.wasm`), a SmolLM2
+gguf_f32 decode step in headless Chromium costs 0.42-0.51x the CPU time per token of llama.cpp's
+wasm build (wllama, same GGUF, one thread), paired rounds in BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ On a machine whose cores other jobs share, one run of each runtime says little: 
 ratios within a round are taken under the same load. The libraries may be several builds of one
 model (an A/B of two schedules)::
 
-    python -m webrt.tools.bench.cpu_rounds --model dist/smollm2-gguf_f32 \\
+    webrt bench cpu --model dist/smollm2-gguf_f32 \\
         --lib old=dist/smollm2-gguf_f32/lib-wasm-old.wasm --lib new=dist/smollm2-gguf_f32/lib-wasm.wasm \\
         --gguf $GGUF --wllama-threads 1 2 --rounds 3 --steps 16
 
@@ -160,8 +160,8 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines + [""] + notes)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``webrt bench cpu`` (and of this module run as a script)."""
     p.add_argument("--model", required=True, type=Path, help="model folder (weights, mlc-chat-config.json)")
     p.add_argument("--lib", action="append", required=True, help="LABEL=PATH of a --device wasm library (repeat)")
     p.add_argument("--gguf", type=Path, help="the GGUF the model was built from, for the wllama rows")
@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--prompt-len", type=int, default=8)
     p.add_argument("--json", type=Path, help="write the raw results here")
-    a = p.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> None:
+    """Run the rounds ``a`` (parsed `add_arguments` options) asks for and print the table."""
     libs = dict(item.split("=", 1) for item in a.lib)
     result = run_rounds(a.model, {k: Path(v) for k, v in libs.items()}, a.gguf, a.rounds, a.steps, a.warmup,
                         a.prompt_len, tuple(a.wllama_threads), tuple(a.runtimes), a.node,
@@ -181,6 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     if a.json:
         a.json.write_text(json.dumps(result))
     print(table(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
