@@ -20,6 +20,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: test-artifact library keys -> (``webrt compile --device``, ``--kernels``). ``webgpu`` is the
+#: fallback kernel variant: the browser tests run on SwiftShader (the only adapter here), where it is
+#: several times faster than the ``gpu`` variant (``webgpu-gpu``, what `webrt compile` builds by default).
+LIBRARY_BUILDS: dict[str, tuple[str, str | None]] = {
+    "cpu": ("cpu", None),
+    "wasm": ("wasm", None),
+    "webgpu": ("webgpu", "fallback"),
+    "webgpu-gpu": ("webgpu", "gpu"),
+}
 
 TOKENIZER_CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -147,7 +156,7 @@ class Artifacts:
 
     hf_dir: Path | None
     model_dir: Path
-    libs: dict[str, Path]  # device -> library path
+    libs: dict[str, Path]  # LIBRARY_BUILDS key -> library path
     chat_config: dict[str, Any]
 
 
@@ -169,14 +178,16 @@ def build_artifacts(
     digest = hashlib.sha256((spec + _compiler_fingerprint()).encode()).hexdigest()[:16]
     root = cache_root() / f"{key}-{quantization}-{digest}"
     model_dir = root / "model"
-    libs = {d: root / f"lib-{d}{'.wasm' if d in ('webgpu', 'wasm') else '.so'}" for d in devices}
+    libs = {d: root / f"lib-{d}{'.so' if LIBRARY_BUILDS[d][0] == 'cpu' else '.wasm'}" for d in devices}
     if not (model_dir / "tensor-cache.json").is_file() or not all(p.is_file() for p in libs.values()):
         staging = Path(tempfile.mkdtemp(prefix=f"{root.name}.", dir=root.parent))
         try:
             convert_weight(source, quantization, staging / "model", show_progress=False)
             gen_config(source, quantization, conv_template, staging / "model", **(gen_config_args or {}))
-            for device, lib in libs.items():
-                compile_model(staging / "model" / "mlc-chat-config.json", device, staging / lib.name, overrides)
+            for key, lib in libs.items():
+                device, kernels = LIBRARY_BUILDS[key]
+                compile_model(staging / "model" / "mlc-chat-config.json", device, staging / lib.name, overrides,
+                              kernels=kernels)
             if root.exists():
                 shutil.rmtree(root)
             os.replace(staging, root)

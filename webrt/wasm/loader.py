@@ -25,8 +25,17 @@ no usable WebGPU: no ``navigator.gpu``, no adapter, a device without the record'
 features, or a fallback (software) adapter (``GPUAdapter.info.isFallbackAdapter``; Chromium's
 SwiftShader is one, and a software GPU runs these models far slower than wasm on the same CPU).
 Without ``model_lib_cpu`` the loader uses ``model_lib`` on whatever adapter there is, as before.
-Both libraries read the same weights, through the same cache (the CPU library is cached under its
-own URL next to the WebGPU one).
+
+WebGPU kernel variants: ``model_lib`` is normally built with ``--kernels gpu`` (coalesced kernels
+for real GPUs, as WebLLM loads it); a record may also name ``model_lib_fallback``, the same model
+built with ``--kernels fallback`` (barrier-free kernels, several times faster on a software
+adapter). On a fallback adapter the loader prefers ``model_lib_cpu``, then ``model_lib_fallback``,
+then ``model_lib``; on a real adapter it uses ``model_lib``. A library whose ``_metadata`` needs
+what the adapter lacks (shader-f16, a subgroup size) is refused with a FeatureNotSupportedError
+that names the record's other libraries to use instead.
+
+All the libraries read the same weights, through the same cache (each library is cached under its
+own URL).
 """
 
 from __future__ import annotations
@@ -53,6 +62,12 @@ from webrt.wasm.weights import upload_params
 #: `LoaderChoice.library` values
 WEBGPU, CPU = "webgpu", "cpu"
 LOADER_DEVICES = ("auto", WEBGPU, CPU)
+#: the ModelRecord fields naming libraries, and what each one is
+LIBRARY_FIELDS = {
+    "model_lib": "the WebGPU library",
+    "model_lib_fallback": "the WebGPU library for fallback adapters (--kernels fallback)",
+    "model_lib_cpu": "the CPU library (--device wasm)",
+}
 
 #: Share of the progress bar for each phase (weights and pipelines run concurrently).
 _WEIGHTS_SHARE = 0.5
@@ -89,10 +104,18 @@ def cpu_library_url(record: ModelRecord, base: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class LibraryChoice:
-    """Which library a load uses (`WEBGPU` or `CPU`) and why."""
+    """Which library a load uses (`WEBGPU` or `CPU`), the record field naming it, and why."""
 
     library: str
     reason: str
+    field: str = "model_lib"
+
+
+def other_libraries(record: ModelRecord, field: str) -> str:
+    """The record's libraries other than ``field``'s, as text for an error ("" when none)."""
+    others = [f"{name} {getattr(record, name)!r} ({what})" for name, what in LIBRARY_FIELDS.items()
+              if name != field and getattr(record, name)]
+    return "; ".join(others)
 
 
 class KernelTrackingBackend(WasmBackend):
@@ -175,11 +198,18 @@ class WebGPUModelLoader:
             raise FeatureNotSupportedError(
                 f"{exc} Or give the model record a CPU library for pages without WebGPU: model_lib_cpu, "
                 "compiled with `webrt compile --device wasm`.") from exc
-        wasm_url = library_url(record)
+        wasm_url = absolute_url(getattr(record, choice.field)) if choice.field != "model_lib" else library_url(record)
         report(0.01, f"Fetching the model library {wasm_url.rsplit('/', 1)[-1]}")
         wasm = await self.cache.fetch_library(wasm_url)
         t_wasm = time.perf_counter()
-        runtime = await Runtime.load(wasm, gpu)
+        try:
+            runtime = await Runtime.load(wasm, gpu)
+        except FeatureNotSupportedError as exc:
+            others = other_libraries(record, choice.field)
+            if not others:
+                raise
+            raise FeatureNotSupportedError(f"{exc} This record also names {others}: load that instead "
+                                           f"(ModelRecord device=..., or drop {choice.field}).") from exc
         kernels = await self.cache.launched_kernels(wasm_url) if self.use_kernel_list else None
         known = runtime.kernel_infos()
         wanted = None if kernels is None else [k for k in kernels if k in known]
@@ -201,6 +231,8 @@ class WebGPUModelLoader:
         self.last_load = {
             "model_id": record.model_id,
             "library": WEBGPU,
+            "library_field": choice.field,
+            "kernels": runtime.metadata.get("webrt", {}).get("kernels"),
             "reason": choice.reason,
             "library_s": t_wasm - t0,
             "instantiate_s": runtime.timings.get("instantiate_s", 0.0) + runtime.timings.get("vm_s", 0.0),
@@ -247,22 +279,28 @@ class WebGPUModelLoader:
         """The library to load for `record` (see the module docstring); requests the WebGPU device
         when it has to look at the adapter (kept for the WebGPU load that follows)."""
         wanted = record.device if record.device != "auto" else self.device
-        if not record.model_lib_cpu:
-            if wanted == CPU:
+        if wanted == CPU:
+            if not record.model_lib_cpu:
                 raise ModelConfigError(f"the loader asks for the CPU library, but model record {record.model_id!r} "
                                        "names no model_lib_cpu; compile one with `webrt compile --device wasm`")
-            return LibraryChoice(WEBGPU, "the record names no model_lib_cpu")
-        if wanted == CPU:
-            return LibraryChoice(CPU, "asked for the CPU library")
-        if wanted == WEBGPU:
-            return LibraryChoice(WEBGPU, "asked for the WebGPU library")
+            return LibraryChoice(CPU, "asked for the CPU library", "model_lib_cpu")
+        use_cpu = bool(record.model_lib_cpu) and wanted != WEBGPU
+        if not use_cpu and not record.model_lib_fallback:
+            why = "asked for the WebGPU library" if wanted == WEBGPU else "the record names no other library"
+            return LibraryChoice(WEBGPU, why)
         quantization = quantization_of(record, chat_config or {})
         try:
             gpu = await self.gpu_device(record.required_features, quantization)
         except FeatureNotSupportedError as exc:
-            return LibraryChoice(CPU, f"no usable WebGPU: {str(exc).splitlines()[0]}")
+            if use_cpu:
+                return LibraryChoice(CPU, f"no usable WebGPU: {str(exc).splitlines()[0]}", "model_lib_cpu")
+            return LibraryChoice(WEBGPU, "no usable WebGPU (the load reports why)")
         if gpu.is_fallback:
-            return LibraryChoice(CPU, f"the WebGPU adapter is a fallback adapter ({gpu.description})")
+            why = f"the WebGPU adapter is a fallback adapter ({gpu.description})"
+            if use_cpu:
+                return LibraryChoice(CPU, why, "model_lib_cpu")
+            if record.model_lib_fallback:
+                return LibraryChoice(WEBGPU, why, "model_lib_fallback")
         return LibraryChoice(WEBGPU, f"WebGPU adapter {gpu.description}")
 
     async def gpu_device(self, required_features: Sequence[str] = (), quantization: str | None = None) -> GPUInfo:
