@@ -57,6 +57,7 @@ from webrt.wasm.cpu import CPURuntime
 from webrt.wasm.objects import Array
 from webrt.wasm.runtime import Runtime
 from webrt.wasm.webgpu.device import GPUInfo, request_device
+from webrt.wasm.webgpu.features import check_library
 from webrt.wasm.weights import upload_params
 
 #: `LoaderChoice.library` values
@@ -111,11 +112,20 @@ class LibraryChoice:
     field: str = "model_lib"
 
 
-def other_libraries(record: ModelRecord, field: str) -> str:
-    """The record's libraries other than ``field``'s, as text for an error ("" when none)."""
-    others = [f"{name} {getattr(record, name)!r} ({what})" for name, what in LIBRARY_FIELDS.items()
-              if name != field and getattr(record, name)]
-    return "; ".join(others)
+def refusal_naming_alternatives(exc: FeatureNotSupportedError, record: ModelRecord, field: str,
+                                metadata: dict[str, Any]) -> FeatureNotSupportedError:
+    """``exc`` (the adapter cannot run the library ``record.<field>`` names, whose ``_metadata`` is
+    ``metadata``) naming the record's libraries that can run instead: the CPU library (no GPU
+    features), and the fallback variant when the refused library needs subgroups (the fallback
+    kernels use none). ``exc`` itself when there is none."""
+    usable = ["model_lib_cpu"]
+    if field != "model_lib_fallback" and int((metadata.get("webrt") or {}).get("subgroup_size") or 0) > 0:
+        usable.append("model_lib_fallback")
+    others = [f"{name} {getattr(record, name)!r} ({LIBRARY_FIELDS[name]})" for name in usable
+              if getattr(record, name)]
+    if not others:
+        return exc
+    return FeatureNotSupportedError(f"{exc} Load the record's {' or '.join(others)} instead.")
 
 
 class KernelTrackingBackend(WasmBackend):
@@ -202,14 +212,18 @@ class WebGPUModelLoader:
         report(0.01, f"Fetching the model library {wasm_url.rsplit('/', 1)[-1]}")
         wasm = await self.cache.fetch_library(wasm_url)
         t_wasm = time.perf_counter()
+        runtime = await Runtime.load(wasm, gpu, check=False)
         try:
-            runtime = await Runtime.load(wasm, gpu)
+            check_library(runtime.metadata, gpu)
         except FeatureNotSupportedError as exc:
-            others = other_libraries(record, choice.field)
-            if not others:
+            runtime.dispose()
+            refusal = refusal_naming_alternatives(exc, record, choice.field, runtime.metadata)
+            if refusal is exc:
                 raise
-            raise FeatureNotSupportedError(f"{exc} This record also names {others}: load that instead "
-                                           f"(ModelRecord device=..., or drop {choice.field}).") from exc
+            raise refusal from exc
+        except BaseException:
+            runtime.dispose()
+            raise
         kernels = await self.cache.launched_kernels(wasm_url) if self.use_kernel_list else None
         known = runtime.kernel_infos()
         wanted = None if kernels is None else [k for k in kernels if k in known]
