@@ -1,12 +1,11 @@
 """Which library the browser loader picks for what the adapter reports (``model_lib``,
 ``model_lib_fallback``, ``model_lib_cpu``), the refusals naming the library to use instead, and the
-``--kernels`` / ``model_lib_fallback`` inputs. The adapter is a `GPUInfo` as `request_device`
+``--kernels`` / ``model_lib_fallback`` inputs (``webrt serve --model-lib-fallback``: test_serve). The adapter is a `GPUInfo` as `request_device`
 builds it from ``GPUAdapter.info``; the loader's choice and `check_library` run unchanged."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from webrt.compiler.compile import compile_model, default_library_name
 from webrt.engine.config import ModelRecord
 from webrt.errors import FeatureNotSupportedError, ModelConfigError
-from webrt.tools.serve import ServedModel, demo_server
 from webrt.wasm.loader import CPU, WEBGPU, WebGPUModelLoader, refusal_naming_alternatives
 from webrt.wasm.webgpu.device import GPUInfo
 from webrt.wasm.webgpu.features import check_library
@@ -92,20 +90,3 @@ def test_kernels_option_is_checked_before_any_work(tmp_path: Path) -> None:
     config = {"model_type": "llama", "quantization": "q4f32_1"}
     assert default_library_name(config, "webgpu") == "llama-q4f32_1-webgpu.wasm"
     assert default_library_name(config, "webgpu", "fallback") == "llama-q4f32_1-webgpu-fallback.wasm"
-
-
-def test_serve_publishes_the_fallback_variant(tmp_path: Path) -> None:
-    from test_serve import LIB_NAME, request, write_model
-
-    model, lib = write_model(tmp_path / "home")
-    fallback = lib.with_name("lib-fallback.wasm")
-    fallback.write_bytes(b"\0asm\1\0\0\0fallback")
-    with pytest.raises(ModelConfigError, match="both named"):
-        ServedModel(model, lib, "m", model_lib_fallback=lib)
-    with pytest.raises(ModelConfigError, match="--kernels fallback"):
-        ServedModel(model, lib, "m", model_lib_fallback=model / "tokenizer.json")
-    with demo_server([ServedModel(model, lib, "m", model_lib_fallback=fallback)]) as server:
-        rec = json.loads(request(server, "/app-config.json")[2])["model_list"][0]
-        assert rec["model_lib"] == f"/libs/m/{LIB_NAME}" and rec["model_lib_fallback"] == "/libs/m/lib-fallback.wasm"
-        status, _, body = request(server, rec["model_lib_fallback"])
-        assert status == 200 and body.endswith(b"fallback")

@@ -11,8 +11,9 @@ a 4096-row decode GEMV, against 4096 with one thread per row).
 
 Each step loads a lane's packed words once into registers and unpacks their codes (8 for 4-bit
 weights; a ``gguf_f32`` producer reading several planes steps by the widest word's span, so every
-word of every plane is still loaded once); the dequantize producer is inlined and epilogues (cast,
-bias, residual) follow in registers.
+word of every plane is still loaded once, and a lane reads a few adjacent words of the narrower
+planes: the lanes together still read one contiguous run); the dequantize producer is inlined and
+epilogues (cast, bias, residual) follow in registers.
 
 Prefill (an input-row axis that is not a small batch) is tiled along the input rows: each
 invocation keeps ``PREFILL_TILE`` input rows' partial sums in registers and applies every weight
@@ -29,7 +30,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
 
-from webrt.compiler.schedules.util import find_nt_matmul, static_extent
+from webrt.compiler.schedules.gpu import webgpu_nt_matmul
+from webrt.compiler.schedules.util import static_extent
 
 MAX_LANES = 64  # invocations along K per weight row (threadIdx.x)
 ROWS_PER_GROUP = 4  # weight rows per workgroup (threadIdx.y)
@@ -72,12 +74,9 @@ class CoalescedMatmul(dl.ScheduleRule):
         return False
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):  # noqa: D102
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "webgpu":
+        if (found := webgpu_nt_matmul(func, target)) is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = find_nt_matmul(sch)
-        if blocks is None:
-            return None
+        sch, blocks = found
         main, epilogues = blocks.main, blocks.epilogues
         *spatial, k = sch.get_loops(main)
         k_extent, n_extent = static_extent(sch, k), static_extent(sch, spatial[-1])
