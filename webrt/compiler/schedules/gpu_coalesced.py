@@ -116,7 +116,9 @@ class CoalescedMatmul(dl.ScheduleRule):
         group, n_in_group = sch.split(n, [None, rows_per_group])
         if prefill:
             row_tile, row_in_tile = sch.split(rows, [None, PREFILL_TILE])
-            sch.reorder(group, row_tile, n_in_group, lane, k_steps, k_codes, row_in_tile)
+            # the tile's rows stay a loop: unrolled with the codes, SwiftShader's shader compiler
+            # took minutes on one kernel (SmolLM2's, K = 576) and lost the device
+            sch.reorder(group, row_tile, n_in_group, lane, k_steps, row_in_tile, k_codes)
         else:
             row_tile, row_in_tile = rows, None
             sch.reorder(group, row_tile, n_in_group, lane, k_steps, k_codes)
@@ -126,8 +128,6 @@ class CoalescedMatmul(dl.ScheduleRule):
         sch.bind(lane, "threadIdx.x")
         sch.set_scope(partial, 0, "local")
         sch.unroll(k_codes)
-        if row_in_tile is not None:
-            sch.unroll(row_in_tile)
         sch.decompose_reduction(partial, k_steps)
         # load each packed weight word once into a register, then unpack its codes
         for index, region in enumerate(sch.get(partial).reads):
