@@ -169,30 +169,34 @@ def build_artifacts(
     gen_config_args: dict[str, Any] | None = None,
     overrides: str | None = None,
 ) -> Artifacts:
-    """convert_weight + gen_config + compile, cached on disk under ``key`` + compiler fingerprint."""
+    """convert_weight + gen_config + compile, cached on disk under ``key`` + compiler fingerprint.
+
+    The converted model is built once per spec; each library (``devices``: LIBRARY_BUILDS keys) is
+    compiled into the same folder the first time a caller asks for it, so callers asking for other
+    libraries of the same model share the conversion and the libraries they have in common."""
     from webrt.compiler.compile import compile_model
     from webrt.compiler.convert_weight import convert_weight
     from webrt.compiler.gen_config import gen_config
 
-    spec = json.dumps([key, str(source), quantization, devices, conv_template, gen_config_args, overrides], sort_keys=True)
+    spec = json.dumps([key, str(source), quantization, conv_template, gen_config_args, overrides], sort_keys=True)
     digest = hashlib.sha256((spec + _compiler_fingerprint()).encode()).hexdigest()[:16]
     root = cache_root() / f"{key}-{quantization}-{digest}"
     model_dir = root / "model"
     libs = {d: root / f"lib-{d}{'.so' if LIBRARY_BUILDS[d][0] == 'cpu' else '.wasm'}" for d in devices}
-    if not (model_dir / "tensor-cache.json").is_file() or not all(p.is_file() for p in libs.values()):
+    if not (model_dir / "tensor-cache.json").is_file():
         staging = Path(tempfile.mkdtemp(prefix=f"{root.name}.", dir=root.parent))
         try:
             convert_weight(source, quantization, staging / "model", show_progress=False)
             gen_config(source, quantization, conv_template, staging / "model", **(gen_config_args or {}))
-            for key, lib in libs.items():
-                device, kernels = LIBRARY_BUILDS[key]
-                compile_model(staging / "model" / "mlc-chat-config.json", device, staging / lib.name, overrides,
-                              kernels=kernels)
             if root.exists():
                 shutil.rmtree(root)
             os.replace(staging, root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    for lib_key, lib in libs.items():
+        if not lib.is_file():  # compile_model writes the file atomically
+            device, kernels = LIBRARY_BUILDS[lib_key]
+            compile_model(model_dir / "mlc-chat-config.json", device, lib, overrides, kernels=kernels)
     chat_config = json.loads((model_dir / "mlc-chat-config.json").read_text())
     hf_dir = source if source.is_dir() else None
     return Artifacts(hf_dir, model_dir, libs, chat_config)
