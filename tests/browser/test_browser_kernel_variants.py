@@ -2,9 +2,8 @@
 picks between them by what the adapter reports.
 
 The tiny random Llama (q4f32_1: packed 4-bit weight words, so the matmuls unpack codes) is compiled
-for cpu and for webgpu twice: ``--kernels gpu`` (coalesced, K reduced inside a workgroup, prefill
-tiled over prompt rows: 11 prompt tokens make one whole tile and one padded one) and ``--kernels
-fallback``. In a module worker, a record naming both (``model_lib`` the gpu variant,
+for cpu and for webgpu twice: ``--kernels gpu`` (coalesced, K reduced inside a workgroup) and
+``--kernels fallback``. In a module worker, a record naming both (``model_lib`` the gpu variant,
 ``model_lib_fallback`` the fallback one) loads the fallback variant on SwiftShader, a fallback
 adapter; a record naming only ``model_lib`` loads the gpu variant. Each prefills a prompt and
 decodes greedily (the on-device argmax: 4 bytes back per token), then samples with top-p from the

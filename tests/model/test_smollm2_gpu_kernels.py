@@ -2,11 +2,11 @@
 native CPU library.
 
 SmolLM2's shapes (K = 576: 72 packed words a row, so 8 lanes and 9 steps; K = 1536: 64 lanes; a
-49152-row LM head) differ from the tiny model's, and its prompt here (12 tokens) makes one whole
-prefill tile of rows and one padded one. SwiftShader once took minutes to compile one of these
-kernels and lost the device (the tile's rows unrolled with the codes); the prefill's last-token
-logits and three greedy decode steps must match the CPU library within test_browser_engine's
-tolerance (RoPE's sin/cos on SwiftShader: ~1e-2 on these logits), with the same greedy tokens.
+49152-row LM head) differ from the tiny model's; SwiftShader once took minutes to compile one of
+these kernels and lost the device (a prefill tiled over prompt rows). The prefill's last-token
+logits (12 prompt tokens) and three greedy decode steps must match the CPU library within
+test_browser_engine's tolerance (RoPE's sin/cos on SwiftShader: ~1e-2 on these logits), with the
+same greedy tokens.
 """
 
 from __future__ import annotations

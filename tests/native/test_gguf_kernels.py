@@ -172,8 +172,7 @@ async (a) => {
 @pytest.mark.parametrize("kernels", ["gpu", "fallback"])
 def test_webgpu_kernels_decode_every_type_exactly_in_chromium(tmp_path, kernels: str) -> None:
     """The same module built for WebGPU in each kernel variant, run by TVM's JS runtime in headless
-    Chromium (the gpu variant pads the 512 prompt rows, and the single row of a decode call, to whole
-    tiles of rows)."""
+    Chromium."""
     import shutil
 
     import browser_util

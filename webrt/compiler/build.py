@@ -33,7 +33,7 @@ DEVICES = ("webgpu", "cpu", "wasm")
 WASM_DEVICES = ("webgpu", "wasm")
 MAX_BATCH_SIZE = 4
 #: WebGPU kernel variants (``webrt compile --kernels``): ``gpu`` for real GPUs (coalesced weight
-#: loads, K reduced inside a workgroup, prefill tiled over prompt rows), ``fallback`` for software
+#: loads, K reduced inside a workgroup, enough invocations for a large GPU), ``fallback`` for software
 #: adapters such as SwiftShader (one thread per output, no barriers). Both run on any adapter.
 KERNEL_VARIANTS = ("gpu", "fallback")
 DEFAULT_KERNELS = "gpu"
@@ -84,10 +84,6 @@ def export_model(config: TransformerConfig, quant: Quantization, target: Target)
     mod = attach_sampling_functions(mod, target, config.vocab_size)
     params = [(name, tuple(int(d) for d in p.shape), p.dtype) for name, p in named_params]
     return ExportedModel(mod, params, config, quant, target)
-
-
-#: Symbolic row extents that stay small (at most MAX_BATCH_SIZE): their matmuls are GEMVs.
-SMALL_ROW_VARS = ("batch_size",)
 
 
 def _variable_bounds(config: TransformerConfig) -> dict[str, int]:
@@ -201,7 +197,7 @@ def schedule_passes(target: Target, kernels: str | None = DEFAULT_KERNELS) -> li
         # dlight's CPU Reduction rule recomputes a whole row per element when the leading axes
         # are 1 (decode): O(n^2). Unscheduled norms and softmaxes are O(n) and cheap.
         return [dl.ApplyDefaultSchedule(NTMatmulCPU())]
-    matmul = RowPerThreadMatmul() if kernels == "fallback" else CoalescedMatmul(SMALL_ROW_VARS)
+    matmul = RowPerThreadMatmul() if kernels == "fallback" else CoalescedMatmul()
     return [
         dl.ApplyDefaultSchedule(
             matmul,

@@ -15,10 +15,12 @@ word of every plane is still loaded once, and a lane reads a few adjacent words 
 planes: the lanes together still read one contiguous run); the dequantize producer is inlined and
 epilogues (cast, bias, residual) follow in registers.
 
-Prefill (an input-row axis that is not a small batch) is tiled along the input rows: each
-invocation keeps ``PREFILL_TILE`` input rows' partial sums in registers and applies every weight
-word it loads to all of them, so the weights are read once per ``PREFILL_TILE`` prompt tokens
-rather than once per token.
+Input rows (the tokens of a prefill, the sequences of a batched decode) map to ``blockIdx.y``:
+a prefill runs the decode GEMV once per prompt token, each workgroup reading its weight rows whole
+(from the GPU's caches after the first token). Not tiled over prompt rows yet: a version that kept
+8 rows' sums per invocation (the prompt padded to whole tiles, the padded rows' reads behind a
+branch) gave the right results but hung SwiftShader's shader compiler for minutes on some kernels
+(SmolLM2's K = 576 ones, the GGUF-plane ones), losing the device.
 
 On SwiftShader the workgroup barriers of the reduction cost more than the bandwidth they save
 (see :mod:`webrt.compiler.schedules.gpu`, the barrier-free variant kept for fallback adapters).
@@ -35,7 +37,6 @@ from webrt.compiler.schedules.util import static_extent
 
 MAX_LANES = 64  # invocations along K per weight row (threadIdx.x)
 ROWS_PER_GROUP = 4  # weight rows per workgroup (threadIdx.y)
-PREFILL_TILE = 8  # input rows per invocation in a prefill matmul
 WORD_CODES = 8  # codes per packed 4-bit word: the least step along K of a quantized weight
 MAX_GROUPS_PER_DIMENSION = 65535  # WebGPU's default maxComputeWorkgroupsPerDimension
 
@@ -54,24 +55,7 @@ def _largest_power_of_two_dividing(n: int, limit: int) -> int:
 
 
 class CoalescedMatmul(dl.ScheduleRule):
-    """Schedule ``NT_matmul`` kernels with coalesced weight loads and a workgroup reduction of K.
-
-    ``small_row_vars`` names the symbolic row extents that stay small (the batch of a batched
-    decode): kernels over them are GEMVs, one input row per ``blockIdx.y``; any other symbolic
-    row extent (a prompt) gets the prefill tiling.
-    """
-
-    def __init__(self, small_row_vars: tuple[str, ...] = ("batch_size",)):
-        self.small_row_vars = small_row_vars
-
-    def _is_prefill(self, sch: s_tir.Schedule, row_loops: list[s_tir.schedule.LoopRV]) -> bool:
-        for loop in row_loops:
-            extent = sch.get(loop).extent
-            if isinstance(extent, tirx.IntImm):
-                continue
-            if not all(v.name in self.small_row_vars for v in tirx.analysis.undefined_vars(extent)):
-                return True
-        return False
+    """Schedule ``NT_matmul`` kernels with coalesced weight loads and a workgroup reduction of K."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):  # noqa: D102
         if (found := webgpu_nt_matmul(func, target)) is None:
@@ -82,21 +66,6 @@ class CoalescedMatmul(dl.ScheduleRule):
         k_extent, n_extent = static_extent(sch, k), static_extent(sch, spatial[-1])
         if k_extent is None or n_extent is None:
             return None
-        prefill = self._is_prefill(sch, spatial[:-1])
-        if prefill:
-            # pad the prompt rows to whole tiles (reads past the end get zeros, writes are dropped)
-            # so each invocation's partial sums are a fixed-size register array
-            row_padding = [1 if isinstance(sch.get(loop).extent, tirx.IntImm) else PREFILL_TILE
-                           for loop in spatial[:-1]]
-            sch.pad_einsum(main, [*row_padding, 1, 1])
-            for producer in sch.get_producers(main):
-                if sch.get(producer).name_hint != "dequantize":
-                    sch.compute_inline(producer)
-            (unpad,) = sch.get_consumers(main)
-            if epilogues:
-                sch.compute_inline(unpad)  # the first epilogue reads the padded rows it keeps
-            else:
-                epilogues = [unpad]
         if blocks.dequantize is not None:
             sch.compute_inline(blocks.dequantize)
         spans = _packed_word_spans(sch, main, k_extent)
@@ -114,16 +83,9 @@ class CoalescedMatmul(dl.ScheduleRule):
         *rows, n, k_steps, lane, k_codes = sch.get_loops(partial)
         rows = sch.fuse(*rows)
         group, n_in_group = sch.split(n, [None, rows_per_group])
-        if prefill:
-            row_tile, row_in_tile = sch.split(rows, [None, PREFILL_TILE])
-            # the tile's rows stay a loop: unrolled with the codes, SwiftShader's shader compiler
-            # took minutes on one kernel (SmolLM2's, K = 576) and lost the device
-            sch.reorder(group, row_tile, n_in_group, lane, k_steps, row_in_tile, k_codes)
-        else:
-            row_tile, row_in_tile = rows, None
-            sch.reorder(group, row_tile, n_in_group, lane, k_steps, k_codes)
+        sch.reorder(group, rows, n_in_group, lane, k_steps, k_codes)
         sch.bind(group, "blockIdx.x")
-        sch.bind(row_tile, "blockIdx.y")
+        sch.bind(rows, "blockIdx.y")
         sch.bind(n_in_group, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
         sch.set_scope(partial, 0, "local")
@@ -136,10 +98,7 @@ class CoalescedMatmul(dl.ScheduleRule):
 
         # the workgroup reduction of the lanes' sums, then the epilogues, per output element
         sch.reverse_compute_at(main, n_in_group)
-        lane_sum, *tile_rows = sch.get_loops(main)[3:]  # the loops over ``partial``'s lanes (and rows)
-        if tile_rows:
-            sch.reorder(*tile_rows, lane_sum)
-        sch.bind(lane_sum, "threadIdx.x")
+        sch.bind(sch.get_loops(main)[-1], "threadIdx.x")  # the loop over ``partial``'s lanes
         if epilogues:
             sch.set_scope(main, 0, "local")
         for block in epilogues[:-1]:
