@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,13 +33,7 @@ UNIFORMS = [i / 23 + 0.01 for i in range(23)]
 
 @pytest.fixture(scope="module")
 def artifacts() -> Any:
-    if not pyodide_util.pyodide_available():
-        pytest.skip("chromium, playwright or npm pyodide is not installed")
-    if shutil.which("emcc") is None:
-        pytest.skip("emcc is not installed (needed to build the webgpu libraries)")
-    import model_factory
-
-    return model_factory.tiny_artifacts("llama2", "q4f32_1", devices=("cpu", "webgpu", "webgpu-gpu"))
+    return pyodide_util.tiny_webgpu_artifacts("q4f32_1", ("cpu", "webgpu", "webgpu-gpu"))
 
 
 BROWSER_RUN = r"""

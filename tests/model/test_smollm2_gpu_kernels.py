@@ -12,7 +12,6 @@ same greedy tokens.
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any
 
 import pytest
@@ -57,17 +56,7 @@ await asyncio.create_task(main())
 
 @pytest.fixture(scope="module")
 def artifacts() -> Any:
-    if not pyodide_util.pyodide_available():
-        pytest.skip("chromium, playwright or npm pyodide is not installed")
-    if shutil.which("emcc") is None:
-        pytest.skip("emcc is not installed (needed to build the webgpu library)")
-    import model_factory
-
-    try:
-        model_factory.smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    return model_factory.smollm2_artifacts("q4f32_1", devices=("cpu", "webgpu-gpu"))
+    return pyodide_util.smollm2_webgpu_artifacts(("cpu", "webgpu-gpu"))
 
 
 def test_gpu_variant_matches_the_native_cpu_library(artifacts: Any) -> None:
