@@ -35,8 +35,8 @@ def pyodide_available() -> bool:
     return browser_util.chromium_available() and (PYODIDE_DIR / "pyodide.mjs").is_file()
 
 
-def tiny_webgpu_artifacts() -> Any:
-    """The tiny Llama built for webgpu and cpu, or a skip naming what is missing to build/run it."""
+def require_webgpu_build() -> None:
+    """Skip, naming what is missing, unless WebGPU libraries can be built (emcc) and run here."""
     import shutil
 
     import pytest
@@ -45,9 +45,29 @@ def tiny_webgpu_artifacts() -> Any:
         pytest.skip("chromium, playwright or npm pyodide is not installed")
     if shutil.which("emcc") is None:
         pytest.skip("emcc is not installed (needed to build the webgpu library)")
+
+
+def tiny_webgpu_artifacts(quantization: str = "q0f32", devices: tuple[str, ...] = ("cpu", "webgpu")) -> Any:
+    """The tiny Llama built for ``devices`` (model_factory.LIBRARY_BUILDS keys), or a skip naming what
+    is missing to build/run it."""
+    require_webgpu_build()
     import model_factory
 
-    return model_factory.tiny_artifacts("llama2", devices=("cpu", "webgpu"))
+    return model_factory.tiny_artifacts("llama2", quantization, devices=devices)
+
+
+def smollm2_webgpu_artifacts(devices: tuple[str, ...]) -> Any:
+    """The real SmolLM2 (q4f32_1) built for ``devices``, or a skip naming what is missing."""
+    import pytest
+
+    require_webgpu_build()
+    import model_factory
+
+    try:
+        model_factory.smollm2_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    return model_factory.smollm2_artifacts("q4f32_1", devices=devices)
 
 
 def bundle_bytes() -> bytes:

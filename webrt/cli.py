@@ -98,12 +98,15 @@ def _compile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", required=True, choices=["webgpu", "wasm", "cpu"],
                    help="webgpu: WebGPU .wasm; wasm: CPU .wasm for the browser (no WebGPU); cpu: native .so")
     p.add_argument("--overrides", help='e.g. "context_window_size=1024;prefill_chunk_size=128"')
+    p.add_argument("--kernels", choices=["gpu", "fallback"],
+                   help="webgpu only: gpu (default; coalesced kernels for real GPUs) or fallback (barrier-free "
+                        "kernels for software adapters such as SwiftShader: name it model_lib_fallback)")
     p.add_argument("-o", "--output", required=True, help="library path (or a folder)")
 
     def run(a: argparse.Namespace) -> None:
         from webrt.compiler.compile import compile_model
 
-        out = compile_model(a.config, a.device, a.output, a.overrides)
+        out = compile_model(a.config, a.device, a.output, a.overrides, kernels=a.kernels)
         print(f"wrote {out}")
 
     p.set_defaults(func=run)
@@ -157,6 +160,8 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-id", action="append", help="its id in the page (default: the folder name)")
     p.add_argument("--model-lib-cpu", action="append",
                    help="its CPU library for browsers without a usable GPU (.wasm from --device wasm), one per --model")
+    p.add_argument("--model-lib-fallback", action="append",
+                   help="its WebGPU library for software adapters (.wasm from --kernels fallback), one per --model")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--site", help="page folder to serve at / (default: the repo's site/; e.g. examples/get-started)")
     p.add_argument("--pyodide", help="the npm pyodide package folder (default: node_modules/pyodide)")
@@ -168,11 +173,13 @@ def _serve(p: argparse.ArgumentParser) -> None:
         from webrt.errors import ModelConfigError
         from webrt.tools.serve import ServedModel, demo_server
 
-        ids, cpu_libs = a.model_id or [], a.model_lib_cpu or []
-        if len(a.model_lib) != len(a.model) or len(ids) > len(a.model) or len(cpu_libs) > len(a.model):
-            raise ModelConfigError("give one --model-lib (and at most one --model-id and --model-lib-cpu) per --model")
+        ids, cpu_libs, fallback_libs = a.model_id or [], a.model_lib_cpu or [], a.model_lib_fallback or []
+        if len(a.model_lib) != len(a.model) or max(len(ids), len(cpu_libs), len(fallback_libs)) > len(a.model):
+            raise ModelConfigError("give one --model-lib (and at most one --model-id, --model-lib-cpu and "
+                                   "--model-lib-fallback) per --model")
         models = [ServedModel(m, lib, ids[i] if i < len(ids) else "",
-                              model_lib_cpu=cpu_libs[i] if i < len(cpu_libs) else None)
+                              model_lib_cpu=cpu_libs[i] if i < len(cpu_libs) else None,
+                              model_lib_fallback=fallback_libs[i] if i < len(fallback_libs) else None)
                   for i, (m, lib) in enumerate(zip(a.model, a.model_lib))]
         server = demo_server(models, a.port, a.site, a.pyodide, a.cache_backend, a.verbose)
         print(f"webrt: serving {', '.join(m.model_id for m in models)} at {server.url('/')} (Ctrl-C stops)",

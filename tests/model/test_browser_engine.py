@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from typing import Any
 
 import pytest
@@ -103,17 +102,7 @@ async def second_session():
 
 
 def _artifacts() -> Any:
-    if not pyodide_util.pyodide_available():
-        pytest.skip("chromium, playwright or npm pyodide is not installed")
-    if shutil.which("emcc") is None:
-        pytest.skip("emcc is not installed (needed to build the webgpu library)")
-    import model_factory
-
-    try:
-        model_factory.smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    return model_factory.smollm2_artifacts("q4f32_1", devices=("cpu", "webgpu"))
+    return pyodide_util.smollm2_webgpu_artifacts(("cpu", "webgpu"))
 
 
 def native_session(art: Any) -> dict[str, Any]:

@@ -53,8 +53,9 @@ def blocks_and_reference() -> dict[GGMLQuantizationType, tuple[np.ndarray, np.nd
     return out
 
 
-def export_every_type(device: str):
-    """The :class:`EveryType` module through webrt's own lowering pipeline for ``device``."""
+def export_every_type(device: str, kernels: str | None = None):
+    """The :class:`EveryType` module through webrt's own lowering pipeline for ``device`` (WebGPU:
+    in kernel variant ``kernels``)."""
     formats = {f"{p}_{kind.name}": kind.name for kind in KINDS for p in ("w", "e")}
     quant = get_quantization("gguf_f32").with_formats(formats)
     target = make_target(device)
@@ -67,7 +68,7 @@ def export_every_type(device: str):
                                prefill_chunk_size=COLS, context_window_size=COLS)
     params = [(n, tuple(int(d) for d in p.shape), p.dtype) for n, p in named]
     exported = ExportedModel(mod, params, config, quant, target)
-    return exported, build_executable(exported, device)
+    return exported, build_executable(exported, device, kernels)
 
 
 def param_values(params: list[tuple[str, tuple[int, ...], str]]) -> list[np.ndarray]:
@@ -168,8 +169,10 @@ async (a) => {
 
 
 @pytest.mark.browser
-def test_webgpu_kernels_decode_every_type_exactly_in_chromium(tmp_path) -> None:
-    """The same module built for WebGPU, run by TVM's JS runtime in headless Chromium."""
+@pytest.mark.parametrize("kernels", ["gpu", "fallback"])
+def test_webgpu_kernels_decode_every_type_exactly_in_chromium(tmp_path, kernels: str) -> None:
+    """The same module built for WebGPU in each kernel variant, run by TVM's JS runtime in headless
+    Chromium."""
     import shutil
 
     import browser_util
@@ -177,7 +180,7 @@ def test_webgpu_kernels_decode_every_type_exactly_in_chromium(tmp_path) -> None:
 
     if not (shutil.which("emcc") and browser_util.chromium_available() and browser_util.TVMJS_DIR.is_dir()):
         pytest.skip("needs emcc, chromium + playwright and npm @mlc-ai/web-runtime")
-    exported, executable = export_every_type("webgpu")
+    exported, executable = export_every_type("webgpu", kernels)
     wasm = export_wasm(executable, tmp_path / "every_type.wasm")
     values = param_values(exported.params)
     columns, ids = [0, 33, 300, COLS - 1], [5, 0, 3, 1, 2, 4, 0]

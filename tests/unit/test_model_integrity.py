@@ -39,9 +39,11 @@ def test_webllm_shaped_integrity_is_kept_and_round_trips() -> None:
     assert record.integrity.for_model_file("mlc-chat-config.json") == given["config"]
     assert record.integrity.for_model_file("tokenizer.json") == given["tokenizer"]["tokenizer.json"]
     assert record.integrity.for_model_file("params_shard_0.bin") is None
-    webrt_fields = {"tensor_cache": _sri("sha256", b"i"), "shards": {"params_shard_0.bin": _sri("sha256", b"s")}}
+    webrt_fields = {"tensor_cache": _sri("sha256", b"i"), "shards": {"params_shard_0.bin": _sri("sha256", b"s")},
+                    "model_lib_cpu": _sri("sha256", b"w"), "model_lib_fallback": _sri("sha256", b"f")}
     more = ModelRecord(model="u", model_id="m", model_lib="l", integrity=webrt_fields).integrity
-    assert more is not None and more.for_model_file("tensor-cache.json") == webrt_fields["tensor_cache"]
+    assert more is not None and more.to_json() == {**webrt_fields, "onFailure": "error"}
+    assert more.for_model_file("tensor-cache.json") == webrt_fields["tensor_cache"]
     assert more.for_model_file("params_shard_0.bin") == webrt_fields["shards"]["params_shard_0.bin"]
     assert ModelRecord.from_dict(_record(None)).integrity is None
 
@@ -51,6 +53,7 @@ def test_webllm_shaped_integrity_is_kept_and_round_trips() -> None:
     ({"config": EMPTY_SHA256[:-4] + "="}, "integrity.config"),  # a digest of the wrong length
     ({"model_lib": "sha256-not base64!"}, "integrity.model_lib"),
     ({"model_lib": EMPTY_SHA256 + "\n"}, "integrity.model_lib"),
+    ({"model_lib_fallback": "sha256-x"}, "integrity.model_lib_fallback"),
     ({"config": 5}, "integrity.config"),
     ({"tokenizer": EMPTY_SHA256}, "integrity.tokenizer"),
     ({"tokenizer": {"tokenizer.json": "sha1-2jmj7l5rSw0yVb/vlWAYkK/YBwk="}}, "tokenizer.json"),

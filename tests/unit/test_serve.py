@@ -180,18 +180,20 @@ def test_serve_runs_from_an_installed_wheel(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
-def test_a_cpu_library_is_published_and_served_beside_the_webgpu_one(tmp_path: Path) -> None:
-    """--model-lib-cpu: the record names it as model_lib_cpu (model_lib stays the WebGPU one, as
-    WebLLM reads it) and exactly that file is served."""
+@pytest.mark.parametrize("field, build", [("model_lib_cpu", "--device wasm"),
+                                          ("model_lib_fallback", "--kernels fallback")])
+def test_another_library_is_published_and_served_beside_the_webgpu_one(tmp_path: Path, field: str, build: str) -> None:
+    """--model-lib-cpu / --model-lib-fallback: the record names it as model_lib_cpu / model_lib_fallback
+    (model_lib stays the WebGPU one, as WebLLM reads it) and exactly that file is served."""
     model, lib = write_model(tmp_path / "home")
-    cpu = lib.with_name("lib-cpu.wasm")
-    cpu.write_bytes(b"\0asm\1\0\0\0cpu")
+    other = lib.with_name(f"lib-{field}.wasm")
+    other.write_bytes(b"\0asm\1\0\0\0" + field.encode())
     with pytest.raises(ModelConfigError, match="both named"):
-        ServedModel(model, lib, "m", model_lib_cpu=lib)
-    with pytest.raises(ModelConfigError, match="--device wasm"):
-        ServedModel(model, lib, "m", model_lib_cpu=model / "tokenizer.json")
-    with demo_server([ServedModel(model, lib, "m", model_lib_cpu=cpu)]) as server:
+        ServedModel(model, lib, "m", **{field: lib})
+    with pytest.raises(ModelConfigError, match=build):
+        ServedModel(model, lib, "m", **{field: model / "tokenizer.json"})
+    with demo_server([ServedModel(model, lib, "m", **{field: other})]) as server:
         record = json.loads(request(server, "/app-config.json")[2])["model_list"][0]
-        assert record["model_lib"] == f"/libs/m/{LIB_NAME}" and record["model_lib_cpu"] == "/libs/m/lib-cpu.wasm"
-        status, headers, body = request(server, record["model_lib_cpu"])
-        assert status == 200 and body.endswith(b"cpu") and headers["content-type"] == "application/wasm"
+        assert record["model_lib"] == f"/libs/m/{LIB_NAME}" and record[field] == f"/libs/m/lib-{field}.wasm"
+        status, headers, body = request(server, record[field])
+        assert status == 200 and body.endswith(field.encode()) and headers["content-type"] == "application/wasm"

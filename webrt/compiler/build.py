@@ -23,7 +23,9 @@ from webrt.compiler.memory_plan import MemoryPlan, function_temp_bytes, plan_mem
 from webrt.compiler.quantization import Quantization
 from webrt.compiler.schedules.cpu import NTMatmulCPU
 from webrt.compiler.schedules.gpu import RowPerThreadMatmul
+from webrt.compiler.schedules.gpu_coalesced import CoalescedMatmul
 from webrt.compiler.schedules.sampling import attach_sampling_functions
+from webrt.errors import ModelConfigError
 from webrt.models.config import TransformerConfig
 from webrt.models.registry import architecture_for_hf, model_class
 
@@ -31,6 +33,11 @@ DEVICES = ("webgpu", "cpu", "wasm")
 #: Devices whose library is a .wasm for the browser (a system library linked with emcc).
 WASM_DEVICES = ("webgpu", "wasm")
 MAX_BATCH_SIZE = 4
+#: WebGPU kernel variants (``webrt compile --kernels``): ``gpu`` for real GPUs (coalesced weight
+#: loads, K reduced inside a workgroup, enough invocations for a large GPU), ``fallback`` for software
+#: adapters such as SwiftShader (one thread per output, no barriers). Both run on any adapter.
+KERNEL_VARIANTS = ("gpu", "fallback")
+DEFAULT_KERNELS = "gpu"
 
 
 def make_target(device: str) -> Target:
@@ -114,22 +121,34 @@ class _AttachVariableBounds:
 class _AttachMetadata:
     """Add ``_metadata() -> str`` (JSON), measuring planned memory per function."""
 
-    def __init__(self, exported: ExportedModel, device: str):
-        self.exported, self.device = exported, device
+    def __init__(self, exported: ExportedModel, device: str, kernels: str | None):
+        self.exported, self.device, self.kernels = exported, device, kernels
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         usage = function_temp_bytes(mod)
         self.exported.memory_plan = plan_memory(mod, self.exported.params, self.exported.config, usage)
-        meta = library_metadata(self.exported, self.device, usage)
+        meta = library_metadata(self.exported, self.device, usage, self.kernels)
         bb = relax.BlockBuilder(mod)
         with bb.function("_metadata", []):
             bb.emit_func_output(tvm.ir.StringImm(json.dumps(meta)))
         return bb.finalize()
 
 
-def library_metadata(exported: ExportedModel, device: str, memory_usage: dict[str, int]) -> dict[str, Any]:
-    """The JSON that ``_metadata()`` returns (MLC's keys plus webrt's ``webrt`` block)."""
+def library_metadata(exported: ExportedModel, device: str, memory_usage: dict[str, int],
+                     kernels: str | None = None) -> dict[str, Any]:
+    """The JSON that ``_metadata()`` returns (MLC's keys plus webrt's ``webrt`` block; a WebGPU
+    library's ``webrt.kernels`` names its kernel variant)."""
     c, q = exported.config, exported.quant
+    webrt_block: dict[str, Any] = {
+        "version": __version__,
+        "device": device,
+        "vocab_size": c.vocab_size,
+        "model_dtype": q.model_dtype,
+        "subgroup_size": 0,
+        "required_features": ["shader-f16"] if (device == "webgpu" and q.model_dtype == "float16") else [],
+    }
+    if kernels is not None:
+        webrt_block["kernels"] = kernels
     return {
         "model_type": architecture_for_hf(c.architecture).model_type,
         "quantization": q.name,
@@ -144,25 +163,32 @@ def library_metadata(exported: ExportedModel, device: str, memory_usage: dict[st
         "memory_usage": memory_usage,
         **({"memory_plan": exported.memory_plan.to_json()} if exported.memory_plan else {}),
         "params": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in exported.params],
-        "webrt": {
-            "version": __version__,
-            "device": device,
-            "vocab_size": c.vocab_size,
-            "model_dtype": q.model_dtype,
-            "subgroup_size": 0,
-            "required_features": ["shader-f16"] if (device == "webgpu" and q.model_dtype == "float16") else [],
-        },
+        "webrt": webrt_block,
     }
 
 
-def _schedule_passes(target: Target) -> list[tvm.transform.Pass]:
+def check_kernels(device: str, kernels: str | None) -> str | None:
+    """The kernel variant a build of ``device`` uses (None off WebGPU), or a clear error."""
+    if kernels is None:
+        return DEFAULT_KERNELS if device == "webgpu" else None
+    if device != "webgpu":
+        raise ModelConfigError(f"--kernels chooses WebGPU kernels; drop it for --device {device}")
+    if kernels not in KERNEL_VARIANTS:
+        raise ModelConfigError(f"unknown kernel variant {kernels!r}; choose one of: {', '.join(KERNEL_VARIANTS)}")
+    return kernels
+
+
+def schedule_passes(target: Target, kernels: str | None = DEFAULT_KERNELS) -> list[tvm.transform.Pass]:
+    """The dlight scheduling of every kernel: webrt's matmul rule for the device (and, on WebGPU,
+    the kernel variant), then TVM's rules for the rest."""
     if target.kind.name == "llvm":
         # dlight's CPU Reduction rule recomputes a whole row per element when the leading axes
         # are 1 (decode): O(n^2). Unscheduled norms and softmaxes are O(n) and cheap.
         return [dl.ApplyDefaultSchedule(NTMatmulCPU())]
+    matmul = RowPerThreadMatmul() if kernels == "fallback" else CoalescedMatmul()
     return [
         dl.ApplyDefaultSchedule(
-            RowPerThreadMatmul(),
+            matmul,
             dl.gpu.Matmul(),
             dl.gpu.GEMV(),
             dl.gpu.Reduction(),
@@ -172,11 +198,10 @@ def _schedule_passes(target: Target) -> list[tvm.transform.Pass]:
     ]
 
 
-def relax_pipeline(exported: ExportedModel, device: str) -> tvm.transform.Pass:
-    """webrt's lowering pipeline: legalize, fuse, schedule, plan memory, attach metadata."""
-    target = exported.target
-    passes = [
-        _AttachVariableBounds(_variable_bounds(exported.config)),
+def fusion_passes(config: TransformerConfig) -> list[tvm.transform.Pass]:
+    """The pipeline up to scheduling: legalize and fuse into the kernels the schedules see."""
+    return [
+        _AttachVariableBounds(_variable_bounds(config)),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),
@@ -185,13 +210,21 @@ def relax_pipeline(exported: ExportedModel, device: str) -> tvm.transform.Pass:
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
-        *_schedule_passes(target),
+    ]
+
+
+def relax_pipeline(exported: ExportedModel, device: str, kernels: str | None = None) -> tvm.transform.Pass:
+    """webrt's lowering pipeline: legalize, fuse, schedule, plan memory, attach metadata."""
+    target = exported.target
+    passes = [
+        *fusion_passes(exported.config),
+        *schedule_passes(target, kernels),
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),
         relax.transform.RemovePurityChecking(),
         relax.transform.CallTIRRewrite(),
         relax.transform.StaticPlanBlockMemory(),
-        _AttachMetadata(exported, device),
+        _AttachMetadata(exported, device, kernels),
         relax.transform.LowerAllocTensor(),
         relax.transform.KillAfterLastUse(),
         relax.transform.LowerRuntimeBuiltin(),
@@ -216,12 +249,14 @@ def _pass_config(exported: ExportedModel) -> dict[str, Any]:
     return {"tirx.disable_cse_tir": True} if gpu and exported.config.rope_scaling else {}
 
 
-def build_executable(exported: ExportedModel, device: str) -> relax.VMExecutable:
-    """Compile the exported module for ``device`` into a relax VM executable."""
+def build_executable(exported: ExportedModel, device: str, kernels: str | None = None) -> relax.VMExecutable:
+    """Compile the exported module for ``device`` (WebGPU: in kernel variant ``kernels``, default
+    ``gpu``) into a relax VM executable."""
+    kernels = check_kernels(device, kernels)
     with tvm.transform.PassContext(opt_level=3, config=_pass_config(exported)):
         return relax.build(
             exported.mod,
             target=exported.target,
-            relax_pipeline=relax_pipeline(exported, device),
+            relax_pipeline=relax_pipeline(exported, device, kernels),
             system_lib=(device in WASM_DEVICES),
         )

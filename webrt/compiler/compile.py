@@ -2,7 +2,10 @@
 
 Devices: ``webgpu`` (a .wasm whose kernels are WGSL shaders), ``wasm`` (a .wasm whose kernels are
 wasm32+simd128 CPU code: the browser's CPU, for pages without a usable WebGPU adapter) and
-``cpu`` (a native .so for TVM's runtime: tests, the terminal chat).
+``cpu`` (a native .so for TVM's runtime: tests, the terminal chat). A WebGPU library comes in one
+of two kernel variants (``kernels``: ``gpu``, the default, for real GPUs; ``fallback`` for software
+adapters such as SwiftShader; see :data:`webrt.compiler.build.KERNEL_VARIANTS`), recorded in its
+``_metadata``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from webrt.compiler.build import DEVICES, WASM_DEVICES, build_executable, export_model, make_target
+from webrt.compiler.build import DEVICES, WASM_DEVICES, build_executable, check_kernels, export_model, make_target
 from webrt.compiler.gen_config import load_chat_config
 from webrt.compiler.output import check_output_file
 from webrt.compiler.quantization import get_quantization
@@ -68,10 +71,12 @@ def model_config_for(chat_config: dict[str, Any], overrides: dict[str, int]) -> 
     return config.override(**values)
 
 
-def default_library_name(chat_config: dict[str, Any], device: str) -> str:
-    """The default library file name: ``<model_type>-<quantization>-<device>.wasm`` (``.so`` for ``cpu``)."""
+def default_library_name(chat_config: dict[str, Any], device: str, kernels: str | None = None) -> str:
+    """The default library file name: ``<model_type>-<quantization>-<device>.wasm`` (``.so`` for ``cpu``;
+    ``-webgpu-fallback.wasm`` for the fallback kernel variant)."""
     suffix = ".wasm" if device in WASM_DEVICES else ".so"
-    return f"{chat_config['model_type']}-{chat_config['quantization']}-{device}{suffix}"
+    variant = "-fallback" if kernels == "fallback" else ""
+    return f"{chat_config['model_type']}-{chat_config['quantization']}-{device}{variant}{suffix}"
 
 
 def compile_model(
@@ -79,10 +84,14 @@ def compile_model(
     device: str,
     output: str | Path,
     overrides: str | None = None,
+    kernels: str | None = None,
 ) -> Path:
-    """Build the library and write it to ``output`` (atomically). Returns the path."""
+    """Build the library and write it to ``output`` (atomically). Returns the path.
+
+    ``kernels`` picks the WebGPU kernel variant (``gpu`` when None); other devices take none."""
     if device not in DEVICES:
         raise ModelConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    kernels = check_kernels(device, kernels)
     if not Path(output).is_dir():
         check_output_file(output)  # a bad output path fails now, not after the build
     chat_config = load_chat_config(chat_config_path)
@@ -92,11 +101,11 @@ def compile_model(
     config = model_config_for(chat_config, parse_overrides(overrides))
     out = Path(output)
     if out.is_dir():
-        out = out / default_library_name(chat_config, device)
+        out = out / default_library_name(chat_config, device, kernels)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     exported = export_model(config, quant, make_target(device))
-    executable = build_executable(exported, device)
+    executable = build_executable(exported, device, kernels)
     if exported.memory_plan is not None:  # MLC-LLM's memory report (webrt.compiler.memory_plan)
         print(exported.memory_plan.report(), flush=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)

@@ -89,7 +89,9 @@ class ModelRecord:
     WebGPU library, as in WebLLM). ``model_lib_cpu`` (webrt) is the browser's CPU library
     (``webrt compile --device wasm``); with it, ``device`` picks the library: ``"auto"`` (the CPU
     one when the page has no WebGPU adapter or only a fallback/software one), ``"webgpu"`` or
-    ``"cpu"``. Both libraries use the same weights.
+    ``"cpu"``. ``model_lib_fallback`` (webrt) is the WebGPU library in the kernel variant for
+    fallback (software) adapters (``webrt compile --device webgpu --kernels fallback``), used on such
+    an adapter when there is no ``model_lib_cpu``. All the libraries use the same weights.
     """
 
     model: str
@@ -102,6 +104,7 @@ class ModelRecord:
     required_features: list[str] = field(default_factory=list)
     model_type: str | None = None
     model_lib_cpu: str | None = None
+    model_lib_fallback: str | None = None
     device: str = "auto"
     #: SRI hashes of the model's files, checked on download (`webrt.ndarray_cache.integrity`)
     integrity: ModelIntegrity | None = None
@@ -145,6 +148,10 @@ class ModelRecord:
         if self.model_lib_cpu is not None and (not isinstance(self.model_lib_cpu, str) or not self.model_lib_cpu):
             raise ModelConfigError(f"model record {self.model_id!r}: model_lib_cpu must be a non-empty string "
                                    "(a library compiled with `webrt compile --device wasm`)")
+        if self.model_lib_fallback is not None and (not isinstance(self.model_lib_fallback, str)
+                                                    or not self.model_lib_fallback):
+            raise ModelConfigError(f"model record {self.model_id!r}: model_lib_fallback must be a non-empty string "
+                                   "(a library compiled with `webrt compile --device webgpu --kernels fallback`)")
         if self.device == "cpu" and not self.model_lib_cpu:
             raise ModelConfigError(f"model record {self.model_id!r} asks for device 'cpu' but names no "
                                    "model_lib_cpu; compile one with `webrt compile --device wasm` and name it")

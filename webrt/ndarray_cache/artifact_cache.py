@@ -93,11 +93,13 @@ class ArtifactCache:
         await self._put(store, url, text, content_type)
         return text
 
-    async def fetch_library(self, url: str, integrity: ModelIntegrity | None = None, cpu: bool = False) -> Any:
-        """The model library (.wasm) as a JS ArrayBuffer, from the wasm cache or the network;
-        checked against ``integrity.model_lib`` (``model_lib_cpu`` for the CPU library) when given."""
+    async def fetch_library(self, url: str, integrity: ModelIntegrity | None = None,
+                            field: str = "model_lib") -> Any:
+        """The model library (.wasm) the record names in ``field`` (``model_lib``, ``model_lib_cpu``
+        or ``model_lib_fallback``) as a JS ArrayBuffer, from the wasm cache or the network; checked
+        against the integrity hash of that field when given."""
         name = url.rsplit("/", 1)[-1]
-        sri = None if integrity is None else (integrity.model_lib_cpu if cpu else integrity.model_lib)
+        sri = None if integrity is None else getattr(integrity, field)
         expected = Expected(sri=sri, on_failure=integrity.on_failure) if integrity else Expected()
         data = await self.wasm.get(url)
         if data is not None and await self._still_matches(self.wasm, url, data, expected):
@@ -107,7 +109,7 @@ class ArtifactCache:
         head = _first_bytes(data, 4)
         if head != b"\0asm":
             raise FetchError(f"{url} is not a WebAssembly module (it starts with {head!r}); check "
-                             "ModelRecord.model_lib.")
+                             f"ModelRecord.{field}.")
         self.stats.network.append(url)
         self.stats.network_bytes += int(data.byteLength)
         await self._put(self.wasm, url, data, "application/wasm")

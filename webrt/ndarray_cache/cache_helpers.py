@@ -67,8 +67,8 @@ async def delete_chat_config_in_cache(model_id: str, app_config: Any) -> None:
 
 
 async def delete_model_wasm_in_cache(model_id: str, app_config: Any) -> None:
-    """Remove the model libraries of ``model_id`` (``model_lib``, and ``model_lib_cpu`` if the
-    record names one) and the kernel list saved for the WebGPU one."""
+    """Remove the model libraries of ``model_id`` (``model_lib``, and ``model_lib_cpu`` /
+    ``model_lib_fallback`` if the record names them) and the kernel lists saved for the WebGPU ones."""
     record, backend = _record(model_id, app_config)
     cache = ArtifactCache(backend)
     url = library_url(record)
@@ -76,6 +76,10 @@ async def delete_model_wasm_in_cache(model_id: str, app_config: Any) -> None:
     await cache.kernels.delete(url)
     if record.model_lib_cpu:
         await cache.wasm.delete(absolute_url(record.model_lib_cpu))
+    if record.model_lib_fallback:
+        fallback = absolute_url(record.model_lib_fallback)
+        await cache.wasm.delete(fallback)
+        await cache.kernels.delete(fallback)
 
 
 async def delete_model_all_info_in_cache(model_id: str, app_config: Any) -> None:

@@ -6,6 +6,7 @@ WebLLM's ``ModelRecord.integrity`` (same field names), plus two of webrt's for t
         "config": "sha256-<base64>",                  # mlc-chat-config.json
         "model_lib": "sha256-<base64>",               # the library (.wasm)
         "model_lib_cpu": "sha256-...",                # webrt: the CPU library, if the record has one
+        "model_lib_fallback": "sha256-...",           # webrt: the fallback-adapter WebGPU library, likewise
         "tokenizer": {"tokenizer.json": "sha256-..."}, # per tokenizer file
         "tensor_cache": "sha256-...",                 # webrt: tensor-cache.json (it holds each shard's md5)
         "shards": {"params_shard_0.bin": "sha256-..."},  # webrt: per shard (its dataPath)
@@ -84,12 +85,13 @@ class ModelIntegrity:
     config: str | None = None
     model_lib: str | None = None
     model_lib_cpu: str | None = None
+    model_lib_fallback: str | None = None
     tokenizer: dict[str, str] = field(default_factory=dict)
     tensor_cache: str | None = None
     shards: dict[str, str] = field(default_factory=dict)
     on_failure: str = "error"
 
-    _FIELDS = ("config", "model_lib", "model_lib_cpu", "tokenizer", "tensor_cache", "shards", "onFailure")
+    _FIELDS = ("config", "model_lib", "model_lib_cpu", "model_lib_fallback", "tokenizer", "tensor_cache", "shards", "onFailure")
 
     @classmethod
     def from_value(cls, value: Any, model_id: str = "") -> ModelIntegrity | None:
@@ -102,14 +104,14 @@ class ModelIntegrity:
         unknown = sorted(set(value) - set(cls._FIELDS) - {"on_failure"})
         if unknown:
             raise ModelConfigError(f"{where} has unknown field(s) {unknown}; accepted: {list(cls._FIELDS)}")
-        for key in ("config", "model_lib", "model_lib_cpu", "tensor_cache"):
+        for key in ("config", "model_lib", "model_lib_cpu", "model_lib_fallback", "tensor_cache"):
             if value.get(key) is not None:
                 parse_sri(value[key], f"{where}.{key}")
         on_failure = value.get("onFailure", value.get("on_failure", "error"))
         if on_failure not in ON_FAILURE:
             raise ModelConfigError(f"{where}.onFailure must be one of {ON_FAILURE}, got {on_failure!r}")
         return cls(config=value.get("config"), model_lib=value.get("model_lib"),
-                   model_lib_cpu=value.get("model_lib_cpu"),
+                   model_lib_cpu=value.get("model_lib_cpu"), model_lib_fallback=value.get("model_lib_fallback"),
                    tokenizer=_file_map(value.get("tokenizer"), f"{where}.tokenizer"),
                    tensor_cache=value.get("tensor_cache"), shards=_file_map(value.get("shards"), f"{where}.shards"),
                    on_failure=on_failure)
@@ -117,6 +119,7 @@ class ModelIntegrity:
     def to_json(self) -> dict[str, Any]:
         """WebLLM's JSON shape (the fields that are set)."""
         out: dict[str, Any] = {"config": self.config, "model_lib": self.model_lib, "model_lib_cpu": self.model_lib_cpu,
+                               "model_lib_fallback": self.model_lib_fallback,
                                "tokenizer": self.tokenizer or None,
                                "tensor_cache": self.tensor_cache, "shards": self.shards or None,
                                "onFailure": self.on_failure}

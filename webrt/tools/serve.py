@@ -134,18 +134,27 @@ class ServedModel:
     required_features: list[str] = field(default_factory=list)
     #: the browser's CPU library (``webrt compile --device wasm``), for pages without a usable GPU
     model_lib_cpu: Path | None = None
+    #: the WebGPU library for fallback (software) adapters (``--kernels fallback``)
+    model_lib_fallback: Path | None = None
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir).expanduser().resolve()
         self.model_lib = Path(self.model_lib).expanduser().resolve()
-        if self.model_lib_cpu is not None:
-            self.model_lib_cpu = Path(self.model_lib_cpu).expanduser().resolve()
-            if self.model_lib_cpu.suffix != ".wasm" or not self.model_lib_cpu.is_file():
-                raise ModelConfigError(f"{self.model_lib_cpu} is not a .wasm file; build the CPU library with "
-                                       "`webrt compile <model>/mlc-chat-config.json --device wasm -o LIB.wasm`.")
-            if self.model_lib_cpu.name == self.model_lib.name:
-                raise ModelConfigError(f"the WebGPU and CPU libraries of {self.model_dir} are both named "
-                                       f"{self.model_lib.name}; give them different file names.")
+        builds = {"model_lib_cpu": "--device wasm", "model_lib_fallback": "--device webgpu --kernels fallback"}
+        names = {self.model_lib.name}
+        for name, flags in builds.items():
+            lib = getattr(self, name)
+            if lib is None:
+                continue
+            lib = Path(lib).expanduser().resolve()
+            setattr(self, name, lib)
+            if lib.suffix != ".wasm" or not lib.is_file():
+                raise ModelConfigError(f"{lib} is not a .wasm file; build the {name} library with "
+                                       f"`webrt compile <model>/mlc-chat-config.json {flags} -o LIB.wasm`.")
+            if lib.name in names:
+                raise ModelConfigError(f"two libraries of {self.model_dir} are both named {lib.name}; "
+                                       "give them different file names.")
+            names.add(lib.name)
         config = self.model_dir / CHAT_CONFIG_FILE
         if not config.is_file():
             raise WeightFileError(f"{self.model_dir} has no {CHAT_CONFIG_FILE}; run `webrt convert_weight` and "
@@ -170,15 +179,16 @@ class ServedModel:
         """This model's ModelRecord (JSON), with URLs relative to the server root."""
         record: dict[str, Any] = {"model": self.model_url, "model_id": self.model_id,
                                   "model_lib": self.lib_url(self.model_lib), "required_features": self.required_features}
-        if self.model_lib_cpu is not None:
-            record["model_lib_cpu"] = self.lib_url(self.model_lib_cpu)
+        for name in ("model_lib_cpu", "model_lib_fallback"):
+            if getattr(self, name) is not None:
+                record[name] = self.lib_url(getattr(self, name))
         return record
 
     def files(self) -> dict[str, Path]:
         """Exact URL path -> file, for every file this model needs and nothing else."""
         base = f"{self.model_url}resolve/main/"
         out = {base + urllib.parse.quote(name): self.model_dir / name for name in model_files(self.model_dir)}
-        for lib in (self.model_lib, self.model_lib_cpu):
+        for lib in (self.model_lib, self.model_lib_cpu, self.model_lib_fallback):
             if lib is not None:
                 out[self.lib_url(lib)] = lib
         return out

@@ -25,8 +25,17 @@ no usable WebGPU: no ``navigator.gpu``, no adapter, a device without the record'
 features, or a fallback (software) adapter (``GPUAdapter.info.isFallbackAdapter``; Chromium's
 SwiftShader is one, and a software GPU runs these models far slower than wasm on the same CPU).
 Without ``model_lib_cpu`` the loader uses ``model_lib`` on whatever adapter there is, as before.
-Both libraries read the same weights, through the same cache (the CPU library is cached under its
-own URL next to the WebGPU one).
+
+WebGPU kernel variants: ``model_lib`` is normally built with ``--kernels gpu`` (coalesced kernels
+for real GPUs, as WebLLM loads it); a record may also name ``model_lib_fallback``, the same model
+built with ``--kernels fallback`` (barrier-free kernels, several times faster on a software
+adapter). On a fallback adapter the loader prefers ``model_lib_cpu``, then ``model_lib_fallback``,
+then ``model_lib``; on a real adapter it uses ``model_lib``. A library whose ``_metadata`` needs
+what the adapter lacks (shader-f16, a subgroup size) is refused with a FeatureNotSupportedError
+that names the record's other libraries to use instead.
+
+All the libraries read the same weights, through the same cache (each library is cached under its
+own URL).
 """
 
 from __future__ import annotations
@@ -50,11 +59,18 @@ from webrt.wasm.cpu import CPURuntime
 from webrt.wasm.objects import Array
 from webrt.wasm.runtime import Runtime
 from webrt.wasm.webgpu.device import GPUInfo, request_device
+from webrt.wasm.webgpu.features import check_library
 from webrt.wasm.weights import upload_params
 
 #: `LoaderChoice.library` values
 WEBGPU, CPU = "webgpu", "cpu"
 LOADER_DEVICES = ("auto", WEBGPU, CPU)
+#: the ModelRecord fields naming libraries, and what each one is
+LIBRARY_FIELDS = {
+    "model_lib": "the WebGPU library",
+    "model_lib_fallback": "the WebGPU library for fallback adapters (--kernels fallback)",
+    "model_lib_cpu": "the CPU library (--device wasm)",
+}
 
 #: Share of the progress bar for each phase (weights and pipelines run concurrently).
 _WEIGHTS_SHARE = 0.5
@@ -91,10 +107,27 @@ def cpu_library_url(record: ModelRecord, base: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class LibraryChoice:
-    """Which library a load uses (`WEBGPU` or `CPU`) and why."""
+    """Which library a load uses (`WEBGPU` or `CPU`), the record field naming it, and why."""
 
     library: str
     reason: str
+    field: str = "model_lib"
+
+
+def refusal_naming_alternatives(exc: FeatureNotSupportedError, record: ModelRecord, field: str,
+                                metadata: dict[str, Any]) -> FeatureNotSupportedError:
+    """``exc`` (the adapter cannot run the library ``record.<field>`` names, whose ``_metadata`` is
+    ``metadata``) naming the record's libraries that can run instead: the CPU library (no GPU
+    features), and the fallback variant when the refused library needs subgroups (the fallback
+    kernels use none). ``exc`` itself when there is none."""
+    usable = ["model_lib_cpu"]
+    if field != "model_lib_fallback" and int((metadata.get("webrt") or {}).get("subgroup_size") or 0) > 0:
+        usable.append("model_lib_fallback")
+    others = [f"{name} {getattr(record, name)!r} ({LIBRARY_FIELDS[name]})" for name in usable
+              if getattr(record, name)]
+    if not others:
+        return exc
+    return FeatureNotSupportedError(f"{exc} Load the record's {' or '.join(others)} instead.")
 
 
 class KernelTrackingBackend(WasmBackend):
@@ -179,11 +212,22 @@ class WebGPUModelLoader:
             raise FeatureNotSupportedError(
                 f"{exc} Or give the model record a CPU library for pages without WebGPU: model_lib_cpu, "
                 "compiled with `webrt compile --device wasm`.") from exc
-        wasm_url = library_url(record)
+        wasm_url = absolute_url(getattr(record, choice.field)) if choice.field != "model_lib" else library_url(record)
         report(0.01, f"Fetching the model library {wasm_url.rsplit('/', 1)[-1]}")
-        wasm = await self.cache.fetch_library(wasm_url, record.integrity)
+        wasm = await self.cache.fetch_library(wasm_url, record.integrity, choice.field)
         t_wasm = time.perf_counter()
-        runtime = await Runtime.load(wasm, gpu)
+        runtime = await Runtime.load(wasm, gpu, check=False)
+        try:
+            check_library(runtime.metadata, gpu)
+        except FeatureNotSupportedError as exc:
+            runtime.dispose()
+            refusal = refusal_naming_alternatives(exc, record, choice.field, runtime.metadata)
+            if refusal is exc:
+                raise
+            raise refusal from exc
+        except BaseException:
+            runtime.dispose()
+            raise
         runtime.check_memory(chat_config)  # GPUOutOfMemoryError before any weight is downloaded
         kernels = await self.cache.launched_kernels(wasm_url) if self.use_kernel_list else None
         known = runtime.kernel_infos()
@@ -206,6 +250,8 @@ class WebGPUModelLoader:
         self.last_load = {
             "model_id": record.model_id,
             "library": WEBGPU,
+            "library_field": choice.field,
+            "kernels": runtime.metadata.get("webrt", {}).get("kernels"),
             "reason": choice.reason,
             "library_s": t_wasm - t0,
             "instantiate_s": runtime.timings.get("instantiate_s", 0.0) + runtime.timings.get("vm_s", 0.0),
@@ -225,7 +271,7 @@ class WebGPUModelLoader:
         """The CPU library (``model_lib_cpu``) and the weights into its memory."""
         url = cpu_library_url(record)
         report(0.01, f"Fetching the CPU model library {url.rsplit('/', 1)[-1]} ({choice.reason})")
-        wasm = await self.cache.fetch_library(url, record.integrity, cpu=True)
+        wasm = await self.cache.fetch_library(url, record.integrity, "model_lib_cpu")
         t_wasm = time.perf_counter()
         runtime = await CPURuntime.load(wasm)
         progress = report.phases({"weights": 1.0}, 0.05, 0.99)
@@ -252,22 +298,28 @@ class WebGPUModelLoader:
         """The library to load for `record` (see the module docstring); requests the WebGPU device
         when it has to look at the adapter (kept for the WebGPU load that follows)."""
         wanted = record.device if record.device != "auto" else self.device
-        if not record.model_lib_cpu:
-            if wanted == CPU:
+        if wanted == CPU:
+            if not record.model_lib_cpu:
                 raise ModelConfigError(f"the loader asks for the CPU library, but model record {record.model_id!r} "
                                        "names no model_lib_cpu; compile one with `webrt compile --device wasm`")
-            return LibraryChoice(WEBGPU, "the record names no model_lib_cpu")
-        if wanted == CPU:
-            return LibraryChoice(CPU, "asked for the CPU library")
-        if wanted == WEBGPU:
-            return LibraryChoice(WEBGPU, "asked for the WebGPU library")
+            return LibraryChoice(CPU, "asked for the CPU library", "model_lib_cpu")
+        use_cpu = bool(record.model_lib_cpu) and wanted != WEBGPU
+        if not use_cpu and not record.model_lib_fallback:
+            why = "asked for the WebGPU library" if wanted == WEBGPU else "the record names no other library"
+            return LibraryChoice(WEBGPU, why)
         quantization = quantization_of(record, chat_config or {})
         try:
             gpu = await self.gpu_device(record.required_features, quantization)
         except FeatureNotSupportedError as exc:
-            return LibraryChoice(CPU, f"no usable WebGPU: {str(exc).splitlines()[0]}")
+            if use_cpu:
+                return LibraryChoice(CPU, f"no usable WebGPU: {str(exc).splitlines()[0]}", "model_lib_cpu")
+            return LibraryChoice(WEBGPU, "no usable WebGPU (the load reports why)")
         if gpu.is_fallback:
-            return LibraryChoice(CPU, f"the WebGPU adapter is a fallback adapter ({gpu.description})")
+            why = f"the WebGPU adapter is a fallback adapter ({gpu.description})"
+            if use_cpu:
+                return LibraryChoice(CPU, why, "model_lib_cpu")
+            if record.model_lib_fallback:
+                return LibraryChoice(WEBGPU, why, "model_lib_fallback")
         return LibraryChoice(WEBGPU, f"WebGPU adapter {gpu.description}")
 
     async def gpu_device(self, required_features: Sequence[str] = (), quantization: str | None = None) -> GPUInfo:

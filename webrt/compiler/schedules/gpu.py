@@ -27,7 +27,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
 
-from webrt.compiler.schedules.util import find_nt_matmul, static_extent
+from webrt.compiler.schedules.util import NTMatmulBlocks, find_nt_matmul, static_extent
 
 ROWS_PER_GROUP = 64  # weight rows (threads) per workgroup
 UNROLL = 8  # codes per packed 4-bit word: the least step along K
@@ -38,16 +38,23 @@ def _packed_word_counts(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> 
     return [int(region.source.shape[-1]) for region in sch.get(block).reads if region.source.dtype == "uint32"]
 
 
+def webgpu_nt_matmul(func: tirx.PrimFunc, target: Target) -> tuple[s_tir.Schedule, NTMatmulBlocks] | None:
+    """A schedule of ``func`` and its ``NT_matmul`` blocks, if it is one of webrt's matmul kernels
+    built for WebGPU (the start of both WebGPU matmul rules)."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "webgpu":
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = find_nt_matmul(sch)
+    return None if blocks is None else (sch, blocks)
+
+
 class RowPerThreadMatmul(dl.ScheduleRule):
     """Schedule ``NT_matmul`` kernels (decode GEMVs and prefill matmuls) without barriers."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):  # noqa: D102
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "webgpu":
+        if (found := webgpu_nt_matmul(func, target)) is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = find_nt_matmul(sch)
-        if blocks is None:
-            return None
+        sch, blocks = found
         main, epilogues = blocks.main, blocks.epilogues
         *spatial, k = sch.get_loops(main)
         k_extent = static_extent(sch, k)
