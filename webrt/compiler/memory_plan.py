@@ -40,7 +40,7 @@ import tvm
 from tvm import relax
 
 from webrt.compiler.quantization import Quantization
-from webrt.engine.model_runner import PAGE_SIZE
+from webrt.engine.model_runner import PAGE_SIZE, kv_cache_pages
 from webrt.errors import ModelConfigError
 from webrt.models.config import TransformerConfig
 
@@ -80,8 +80,7 @@ class KVCacheGeometry:
 
     @property
     def num_pages(self) -> int:
-        pages = -(-self.capacity // self.page_size) + 1
-        return pages + (2 * self.max_sequences if self.sliding_window else 0)
+        return kv_cache_pages(self.capacity, bool(self.sliding_window), self.max_sequences, self.page_size)
 
     @property
     def bytes_per_token(self) -> int:

@@ -16,6 +16,13 @@ from webrt.engine.backend import Backend
 from webrt.errors import ModelLibraryError
 
 PAGE_SIZE = 16
+
+
+def kv_cache_pages(capacity: int, sliding_window: bool, sequences: int = 1, page_size: int = PAGE_SIZE) -> int:
+    """Pages TVM's paged KV cache (0.27, ``paged_kv_cache.cc``) allocates per layer for a capacity of
+    ``capacity`` tokens: one page more than the capacity needs, plus two per sequence with a
+    sliding window. The one rule the compiler's memory plan and the browser's GPU check share."""
+    return -(-capacity // page_size) + 1 + (2 * sequences if sliding_window else 0)
 #: At or below this temperature sampling is argmax (greedy).
 GREEDY_TEMPERATURE = 1e-5
 REQUIRED_FUNCTIONS = ("embed", "decode", "create_tir_paged_kv_cache", "argmax_logits", "softmax_with_temperature")

@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from webrt.engine.model_runner import PAGE_SIZE, kv_cache_pages
 from webrt.errors import GPUOutOfMemoryError
 
-#: Tokens per page of TVM's paged KV cache (`webrt.engine.model_runner.PAGE_SIZE`).
-KV_PAGE_SIZE = 16
 #: The paged cache's tree-attention masks on WebGPU: kPagedKVCacheMaxBlockDepth (2) buffers of
 #: kTreeAttnMaxTreeSize^2 (256 x 256) int32 for the one sequence webrt keeps.
 KV_MASKS, KV_MASK_BYTES = 2, 256 * 256 * 4
@@ -70,8 +69,8 @@ class MemoryPlan:
         """The largest window whose per-layer KV buffer fits `limit` bytes (0 if none does)."""
         if not self.kv_layer_bytes_per_page:
             return self.window
-        pages = limit // self.kv_layer_bytes_per_page - 1 - (2 if self.sliding else 0)
-        return max(0, pages * KV_PAGE_SIZE)
+        pages = limit // self.kv_layer_bytes_per_page - kv_cache_pages(0, self.sliding)  # the pages beyond the window's
+        return max(0, pages * PAGE_SIZE)
 
     def describe(self) -> str:
         return (f"The model plans {self.total_bytes / _MIB:.1f} MiB of GPU memory: weights "
@@ -109,8 +108,8 @@ def plan_memory(metadata: Mapping[str, Any], chat_config: Mapping[str, Any]) -> 
     dtype = webrt.get("model_dtype") or ("float16" if "f16" in quant else "float32")
     sliding = _int(chat_config.get("sliding_window_size"))
     window = sliding or _int(chat_config.get("context_window_size")) or _int(metadata.get("context_window_size"))
-    per_page = 2 * kv_heads * KV_PAGE_SIZE * head_dim * dtype_bytes(dtype)
-    pages = -(-window // KV_PAGE_SIZE) + 1 + (2 if sliding else 0)
+    per_page = 2 * kv_heads * PAGE_SIZE * head_dim * dtype_bytes(dtype)
+    pages = kv_cache_pages(window, bool(sliding))
     kv_layer = pages * per_page
     kv = layers * kv_layer + KV_MASKS * KV_MASK_BYTES
 
