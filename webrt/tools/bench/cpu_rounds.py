@@ -23,17 +23,10 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from webrt.tools.bench.browser_bench import (
-    BENCH_DIR,
-    BrowserModel,
-    _options,
-    bench_server,
-    bench_tvmjs_cpu,
-    bench_webrt_cpu,
-    bench_wllama,
-)
+if TYPE_CHECKING:
+    from webrt.tools.bench.browser_bench import BrowserModel
 
 RUNTIMES = ("tvmjs", "webrt")
 
@@ -48,6 +41,8 @@ def run_node(model_dir: Path, libs: list[Path], prompt: list[int], steps: int, w
     `logits`, each run also holds every step's logits)."""
     opts = {"model": str(model_dir), "libs": [str(p) for p in libs], "prompt": prompt, "steps": steps,
             "warmup": warmup, "rounds": rounds, "logits": logits}
+    from webrt.tools.bench.browser_bench import BENCH_DIR
+
     proc = subprocess.run(["node", str(BENCH_DIR / "tvmjs_node.js"), json.dumps(opts)], capture_output=True,
                           text=True, timeout=timeout_s)
     if proc.returncode != 0:
@@ -59,6 +54,10 @@ def run_rounds(model_dir: Path, libs: dict[str, Path], gguf: Path | None, rounds
                prompt_len: int, wllama_threads: tuple[int, ...], runtimes: tuple[str, ...], node: bool,
                timeout_s: float = 900, log=print) -> dict[str, Any]:
     """{"rounds": [{row label: result}], "node": [...]} (see the module docstring)."""
+    # imported here, not at the top: `webrt`'s parser reads this module's options at every start
+    from webrt.tools.bench.browser_bench import (BrowserModel, _options, bench_server, bench_tvmjs_cpu,
+                                                 bench_webrt_cpu, bench_wllama)
+
     models = [BrowserModel(label, model_dir, path, gguf if i == 0 else None, path)
               for i, (label, path) in enumerate(libs.items())]
     out: dict[str, Any] = {"rounds": []}
