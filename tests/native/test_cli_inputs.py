@@ -19,7 +19,8 @@ from webrt.compiler import convert_weight as convert_mod
 from webrt.compiler.compile import model_config_for, parse_overrides
 from webrt.compiler.output import OutputPathError, check_output_dir, staged_output_dir
 from webrt.errors import ModelConfigError, WebrtError
-from webrt.models.config import MAX_CONTEXT_WINDOW, TransformerConfig
+from webrt.chat_config import MAX_CONTEXT_WINDOW
+from webrt.models.config import TransformerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

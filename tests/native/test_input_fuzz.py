@@ -468,7 +468,7 @@ def test_compile_chat_config_mutations_give_a_model_config_or_a_typed_error(chat
     pytest.importorskip("tvm")
     from webrt.compiler.compile import model_config_for, parse_overrides
     from webrt.compiler.gen_config import REQUIRED_CHAT_CONFIG_FIELDS
-    from webrt.models.config import MAX_CONTEXT_WINDOW
+    from webrt.chat_config import MAX_CONTEXT_WINDOW
 
     if not isinstance(chat_config, dict) or any(k not in chat_config for k in REQUIRED_CHAT_CONFIG_FIELDS):
         return  # load_chat_config refuses these before model_config_for

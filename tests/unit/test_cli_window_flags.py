@@ -52,3 +52,25 @@ def test_window_flags_in_range_parse() -> None:
                                       "--attention-sink-size", "-1", "--prefill-chunk-size", "64"])
     assert (args.context_window_size, args.sliding_window_size, args.attention_sink_size,
             args.prefill_chunk_size) == (1000, -1, -1, 64)
+
+
+BASE_CHAT_CONFIG = {"vocab_size": 10, "context_window_size": 64, "sliding_window_size": -1,
+                    "conv_template": "chatml"}
+
+
+@pytest.mark.parametrize("opts, says", [
+    ({"context_window_size": MAX_CONTEXT_WINDOW + 1}, f"pass at most {MAX_CONTEXT_WINDOW}"),
+    ({"prefill_chunk_size": 10**9}, f"pass at most {MAX_CONTEXT_WINDOW}"),
+    ({"prefill_chunk_size": -3}, "pass a value in that range"),
+    ({"attention_sink_size": -7}, "pass a value in that range"),
+    ({"attention_sink_size": 64}, "0..63"),
+])
+def test_chat_opts_windows_use_the_same_bounds_as_the_flags(opts: dict, says: str) -> None:
+    """chat_opts / mlc-chat-config.json windows are refused with the flags' rule and wording."""
+    from webrt.engine.config import merge_chat_config
+    from webrt.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError) as err:
+        merge_chat_config(BASE_CHAT_CONFIG, opts)
+    assert says in str(err.value)
+    assert merge_chat_config(BASE_CHAT_CONFIG, {"context_window_size": MAX_CONTEXT_WINDOW}).window.max_total_length

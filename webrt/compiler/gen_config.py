@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from webrt import __version__
-from webrt.chat_config import CHAT_CONFIG_FILE
+from webrt.chat_config import CHAT_CONFIG_FILE, MAX_CONTEXT_WINDOW
 from webrt.compiler.output import check_output_dir, staged_output_dir
 from webrt.compiler.quantization import get_quantization
 from webrt.compiler.sources import GGUFSource, open_source
@@ -56,7 +56,7 @@ from webrt.conversation.model_template import (
     template_text,
 )
 from webrt.errors import ModelConfigError
-from webrt.models.config import MAX_CONTEXT_WINDOW, TransformerConfig, check_int, check_windows
+from webrt.models.config import TransformerConfig, check_int, check_windows
 from webrt.models.registry import architecture_for_hf
 
 class TokenizerMissingWarning(UserWarning):

@@ -20,7 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from webrt.chat_config import CACHE_BACKENDS, MAX_CONTEXT_WINDOW, WindowConfig, read_int, tokenizer_files, window_config
+from webrt.chat_config import (
+    CACHE_BACKENDS,
+    WINDOW_SETTINGS,
+    WindowConfig,
+    read_int,
+    tokenizer_files,
+    window_config,
+    window_setting_problem,
+)
 from webrt.conversation import Conversation, conv_template_from_config
 from webrt.engine.vocabulary import postproc_method
 from webrt.errors import ModelConfigError, ModelNotFoundError
@@ -257,16 +265,13 @@ def merge_chat_config(
         raise ModelConfigError("mlc-chat-config.json has no conv_template; re-run `webrt gen_config`.")
     conv = conv_template_from_config(merged["conv_template"], conv_config or None)
     window = window_config(merged)
-    for name in ("context_window_size", "sliding_window_size", "prefill_chunk_size"):
-        if getattr(window, name) > MAX_CONTEXT_WINDOW:
-            raise ModelConfigError(f"{name} {getattr(window, name)} is above webrt's largest window "
-                                   f"({MAX_CONTEXT_WINDOW} tokens); pass a smaller {name} in chat_opts.")
-    if not -1 <= window.attention_sink_size < window.max_total_length:
+    for name in WINDOW_SETTINGS:
+        problem = window_setting_problem(name, getattr(window, name))
+        if problem:
+            raise ModelConfigError(f"{problem} (Set it in chat_opts or mlc-chat-config.json.)")
+    if window.attention_sink_size >= window.max_total_length:
         raise ModelConfigError(f"attention_sink_size must be -1 (none) or 0..{window.max_total_length - 1}, "
                                f"got {window.attention_sink_size}; fix it in chat_opts.")
-    if window.prefill_chunk_size <= 0:
-        raise ModelConfigError(f"prefill_chunk_size must be positive, got {window.prefill_chunk_size}; "
-                               "fix it in chat_opts.")
     _object_or_none(merged.get("tokenizer_info"), "tokenizer_info")
     files = merged.get("tokenizer_files")
     if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from webrt.chat_config import MAX_CONTEXT_WINDOW
+from webrt.chat_config import WINDOW_SETTINGS
 from webrt.errors import ModelConfigError
 
 
@@ -264,12 +264,16 @@ def check_windows(context: Any, sliding: Any, chunk: Any, sink: Any, where: str)
     positive (the other -1), both at most MAX_CONTEXT_WINDOW (2**20); ``chunk`` (the prefill
     chunk) is 1..MAX_CONTEXT_WINDOW; ``sink`` (attention sink) is -1 (none) or 0..window-1.
     ``where`` names the flags or fields to fix. Errors are ModelConfigError."""
-    context = check_int(context, "context_window_size", where, 1, MAX_CONTEXT_WINDOW, allowed=(-1,))
-    sliding = check_int(sliding, "sliding_window_size", where, 1, MAX_CONTEXT_WINDOW, allowed=(-1,))
+    def setting(value: Any, name: str) -> int:
+        low, high, allowed = WINDOW_SETTINGS[name]
+        return check_int(value, name, where, low, high, allowed=allowed)
+
+    context = setting(context, "context_window_size")
+    sliding = setting(sliding, "sliding_window_size")
     if (context > 0) == (sliding > 0):
         raise ModelConfigError(f"{where}: exactly one of context_window_size ({context}) and sliding_window_size "
                                f"({sliding}) must be positive; set the other to -1.")
-    chunk = check_int(chunk, "prefill_chunk_size", where, 1, MAX_CONTEXT_WINDOW)
+    chunk = setting(chunk, "prefill_chunk_size")
     window = max(context, sliding)
     sink = check_int(sink, "attention_sink_size", where, 0, window - 1, allowed=(-1,))
     return context, sliding, chunk, sink
