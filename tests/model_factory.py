@@ -20,14 +20,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-#: test-artifact library keys -> (``webrt compile --device``, ``--kernels``). ``webgpu`` is the
-#: fallback kernel variant: the browser tests run on SwiftShader (the only adapter here), where it is
-#: several times faster than the ``gpu`` variant (``webgpu-gpu``, what `webrt compile` builds by default).
-LIBRARY_BUILDS: dict[str, tuple[str, str | None]] = {
-    "cpu": ("cpu", None),
-    "wasm": ("wasm", None),
-    "webgpu": ("webgpu", "fallback"),
-    "webgpu-gpu": ("webgpu", "gpu"),
+#: test-artifact library keys -> (``webrt compile --device``, ``--kernels``, ``--subgroup-size``).
+#: ``webgpu`` is the fallback kernel variant: the browser tests run on SwiftShader (the only adapter
+#: here), where it is several times faster than the ``gpu`` variant (``webgpu-gpu``, what `webrt
+#: compile` builds by default). ``webgpu-sg32`` reduces with 32-lane subgroup shuffles, which
+#: SwiftShader (4-lane subgroups) refuses.
+LIBRARY_BUILDS: dict[str, tuple[str, str | None, int]] = {
+    "cpu": ("cpu", None, 0),
+    "wasm": ("wasm", None, 0),
+    "webgpu": ("webgpu", "fallback", 0),
+    "webgpu-gpu": ("webgpu", "gpu", 0),
+    "webgpu-sg32": ("webgpu", "gpu", 32),
 }
 
 TOKENIZER_CORPUS = [
@@ -195,8 +198,9 @@ def build_artifacts(
             shutil.rmtree(staging, ignore_errors=True)
     for lib_key, lib in libs.items():
         if not lib.is_file():  # compile_model writes the file atomically
-            device, kernels = LIBRARY_BUILDS[lib_key]
-            compile_model(model_dir / "mlc-chat-config.json", device, lib, overrides, kernels=kernels)
+            device, kernels, subgroup_size = LIBRARY_BUILDS[lib_key]
+            compile_model(model_dir / "mlc-chat-config.json", device, lib, overrides, kernels=kernels,
+                          subgroup_size=subgroup_size)
     chat_config = json.loads((model_dir / "mlc-chat-config.json").read_text())
     hf_dir = source if source.is_dir() else None
     return Artifacts(hf_dir, model_dir, libs, chat_config)

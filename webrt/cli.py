@@ -101,12 +101,17 @@ def _compile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", choices=["gpu", "fallback"],
                    help="webgpu only: gpu (default; coalesced kernels for real GPUs) or fallback (barrier-free "
                         "kernels for software adapters such as SwiftShader: name it model_lib_fallback)")
+    p.add_argument("--subgroup-size", type=int, default=0, metavar="N",
+                   help="webgpu only: 32 reduces with subgroup shuffles (needs the subgroups feature and "
+                        "subgroups of at least 32 lanes: NVIDIA, Apple, AMD; refused at load elsewhere, naming "
+                        "the record's other libraries); 0 (default): workgroup memory and barriers")
     p.add_argument("-o", "--output", required=True, help="library path (or a folder)")
 
     def run(a: argparse.Namespace) -> None:
         from webrt.compiler.compile import compile_model
 
-        out = compile_model(a.config, a.device, a.output, a.overrides, kernels=a.kernels)
+        out = compile_model(a.config, a.device, a.output, a.overrides, kernels=a.kernels,
+                            subgroup_size=a.subgroup_size)
         print(f"wrote {out}")
 
     p.set_defaults(func=run)

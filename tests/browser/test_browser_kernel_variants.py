@@ -8,7 +8,8 @@ for cpu and for webgpu twice: ``--kernels gpu`` (coalesced, K reduced inside a w
 adapter; a record naming only ``model_lib`` loads the gpu variant. Each prefills a prompt and
 decodes greedily (the on-device argmax: 4 bytes back per token), then samples with top-p from the
 gpu variant's own probabilities (sort-free: 4 bytes back per token as well). The tolerance is
-test_browser_runtime's: SwiftShader's sin/cos (RoPE) are accurate to ~2e-4.
+test_browser_runtime's: SwiftShader's sin/cos (RoPE) are accurate to ~2e-4. A gpu-variant build with
+32-lane subgroup reductions (``--subgroup-size 32``) is refused on SwiftShader, whose subgroups have 4.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ UNIFORMS = [i / 23 + 0.01 for i in range(23)]
 
 @pytest.fixture(scope="module")
 def artifacts() -> Any:
-    return pyodide_util.tiny_webgpu_artifacts("q4f32_1", ("cpu", "webgpu", "webgpu-gpu"))
+    return pyodide_util.tiny_webgpu_artifacts("q4f32_1", ("cpu", "webgpu", "webgpu-gpu", "webgpu-sg32"))
 
 
 BROWSER_RUN = r"""
@@ -45,6 +46,8 @@ from webrt.wasm.loader import WebGPUModelLoader
 PROMPT, STEPS = %(prompt)s, %(steps)d
 BOTH = ModelRecord(model="/models/tiny", model_id="both", model_lib="/lib/%(gpu)s", model_lib_fallback="/lib/%(fallback)s")
 GPU_ONLY = ModelRecord(model="/models/tiny", model_id="gpu", model_lib="/lib/%(gpu)s")
+SUBGROUPS_32 = ModelRecord(model="/models/tiny", model_id="sg32", model_lib="/lib/%(sg32)s",
+                           model_lib_cpu="/lib/tiny-cpu.wasm", device="webgpu")
 
 class Counted:
     '''Records the size of every download of the backend it wraps.'''
@@ -80,8 +83,17 @@ async def run(record):
     backend.runtime.dispose()
     return out
 
+async def refusal(record):
+    loader = WebGPUModelLoader(use_kernel_list=False)
+    cfg = json.loads(await loader.read_text(record, "mlc-chat-config.json"))
+    try:
+        await loader.load(record, cfg, None)
+    except Exception as exc:
+        return {"type": type(exc).__name__, "message": str(exc)}
+    return None
+
 async def main():
-    return {"both": await run(BOTH), "gpu_only": await run(GPU_ONLY)}
+    return {"both": await run(BOTH), "gpu_only": await run(GPU_ONLY), "sg32_refused": await refusal(SUBGROUPS_32)}
 
 await asyncio.create_task(main())
 """
@@ -91,7 +103,8 @@ await asyncio.create_task(main())
 def browser_run(artifacts: Any) -> dict[str, Any]:
     gpu, fallback = artifacts.libs["webgpu-gpu"], artifacts.libs["webgpu"]
     code = BROWSER_RUN % {"prompt": json.dumps(PROMPT), "steps": DECODE_STEPS, "gpu": gpu.name,
-                          "fallback": fallback.name, "temperature": TEMPERATURE, "top_p": TOP_P,
+                          "fallback": fallback.name,
+                          "sg32": artifacts.libs["webgpu-sg32"].name, "temperature": TEMPERATURE, "top_p": TOP_P,
                           "uniforms": UNIFORMS}
     routes = {"/models/tiny/resolve/main/": artifacts.model_dir, "/lib/": gpu.parent}
     with pyodide_util.PyodidePage(routes, worker=True) as page:
@@ -157,3 +170,13 @@ def test_greedy_and_top_p_read_back_one_token_id(browser_run: dict[str, Any], ru
             assert token == expected, (uniform, token, expected)
             checked += 1
     assert checked >= len(UNIFORMS) - 3
+
+
+def test_a_subgroup_build_is_refused_where_subgroups_are_smaller(browser_run: dict[str, Any]) -> None:
+    """SwiftShader's subgroups have 4 lanes: a 32-lane build would reduce wrongly there, so it is refused
+    before any weight is read, naming both sizes and the record's other library."""
+    refused = browser_run["sg32_refused"]
+    assert refused is not None and refused["type"] == "FeatureNotSupportedError", refused
+    message = refused["message"]
+    assert "subgroups of 32 lanes" in message and "subgroups of 4" in message, message
+    assert "model_lib_cpu" in message, message

@@ -38,16 +38,22 @@ MAX_BATCH_SIZE = 4
 #: adapters such as SwiftShader (one thread per output, no barriers). Both run on any adapter.
 KERNEL_VARIANTS = ("gpu", "fallback")
 DEFAULT_KERNELS = "gpu"
+#: Subgroup sizes a WebGPU build may assume (``webrt compile --subgroup-size``). WGSL cannot ask for
+#: a size: the adapter reports its range (NVIDIA and Apple 32; AMD 32-64; Intel 8-32; SwiftShader 4),
+#: and a library built for N lanes is correct where the smallest subgroup has at least N lanes (TVM's
+#: reductions shuffle down within the first N lanes; `webrt.wasm.webgpu.features` checks it at load).
+#: TVM 0.27's WebGPU target builds 32 only (it sets thread_warp_size 32 whenever subgroups are on).
+SUBGROUP_SIZES = (32,)
 
 
-def make_target(device: str) -> Target:
-    """The TVM target for a webrt device name."""
+def make_target(device: str, subgroup_size: int = 0) -> Target:
+    """The TVM target for a webrt device name (WebGPU: with ``subgroup_size`` > 0, cross-invocation
+    reductions use subgroup shuffles of that many lanes instead of workgroup memory and barriers)."""
     if device == "webgpu":
-        # No subgroup ops: SwiftShader's subgroup size is 4 and a subgroup build assumes 32.
-        return Target(
-            {"kind": "webgpu", "max_num_threads": 256},
-            host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"},
-        )
+        webgpu: dict[str, Any] = {"kind": "webgpu", "max_num_threads": 256}
+        if subgroup_size:
+            webgpu.update(thread_warp_size=subgroup_size, supports_subgroups=True)
+        return Target(webgpu, host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
     if device == "cpu":
         # The CPU library runs where it is built (tests, the terminal chat): use the host's ISA
         # (AVX2/AVX-512, F16C) rather than LLVM's generic x86-64.
@@ -144,8 +150,8 @@ def library_metadata(exported: ExportedModel, device: str, memory_usage: dict[st
         "device": device,
         "vocab_size": c.vocab_size,
         "model_dtype": q.model_dtype,
-        "subgroup_size": 0,
-        "required_features": ["shader-f16"] if (device == "webgpu" and q.model_dtype == "float16") else [],
+        "subgroup_size": subgroup_size_of(exported.target),
+        "required_features": required_features(exported.target, q.model_dtype),
     }
     if kernels is not None:
         webrt_block["kernels"] = kernels
@@ -165,6 +171,34 @@ def library_metadata(exported: ExportedModel, device: str, memory_usage: dict[st
         "params": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in exported.params],
         "webrt": webrt_block,
     }
+
+
+def subgroup_size_of(target: Target) -> int:
+    """The subgroup size a WebGPU target's kernels assume (0: no subgroup operations)."""
+    if target.kind.name != "webgpu" or not target.attrs.get("supports_subgroups"):
+        return 0
+    return int(target.attrs.get("thread_warp_size", 0))
+
+
+def required_features(target: Target, model_dtype: str) -> list[str]:
+    """The WebGPU features a library needs (the ModelRecord's ``required_features``)."""
+    if target.kind.name != "webgpu":
+        return []
+    needs = ["shader-f16"] if model_dtype == "float16" else []
+    return [*needs, "subgroups"] if subgroup_size_of(target) else needs
+
+
+def check_subgroup_size(device: str, subgroup_size: int) -> int:
+    """``subgroup_size`` if a build of ``device`` may assume it, else a clear error."""
+    if not subgroup_size:
+        return 0
+    if device != "webgpu":
+        raise ModelConfigError(f"--subgroup-size chooses WebGPU subgroup operations; drop it for --device {device}")
+    if subgroup_size not in SUBGROUP_SIZES:
+        raise ModelConfigError(f"--subgroup-size {subgroup_size} cannot be built: TVM's WebGPU target builds "
+                               f"subgroups of {' or '.join(map(str, SUBGROUP_SIZES))} lanes only; pass "
+                               f"{SUBGROUP_SIZES[-1]}, or 0 for no subgroup operations.")
+    return subgroup_size
 
 
 def check_kernels(device: str, kernels: str | None) -> str | None:

@@ -15,7 +15,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from webrt.compiler.build import DEVICES, WASM_DEVICES, build_executable, check_kernels, export_model, make_target
+from webrt.compiler.build import (
+    DEVICES,
+    WASM_DEVICES,
+    build_executable,
+    check_kernels,
+    check_subgroup_size,
+    export_model,
+    make_target,
+)
 from webrt.compiler.gen_config import load_chat_config
 from webrt.compiler.output import check_output_file
 from webrt.compiler.quantization import get_quantization
@@ -71,11 +79,12 @@ def model_config_for(chat_config: dict[str, Any], overrides: dict[str, int]) -> 
     return config.override(**values)
 
 
-def default_library_name(chat_config: dict[str, Any], device: str, kernels: str | None = None) -> str:
+def default_library_name(chat_config: dict[str, Any], device: str, kernels: str | None = None,
+                         subgroup_size: int = 0) -> str:
     """The default library file name: ``<model_type>-<quantization>-<device>.wasm`` (``.so`` for ``cpu``;
-    ``-webgpu-fallback.wasm`` for the fallback kernel variant)."""
+    ``-webgpu-fallback.wasm`` for the fallback kernel variant, ``-sg32`` for 32-lane subgroups)."""
     suffix = ".wasm" if device in WASM_DEVICES else ".so"
-    variant = "-fallback" if kernels == "fallback" else ""
+    variant = ("-fallback" if kernels == "fallback" else "") + (f"-sg{subgroup_size}" if subgroup_size else "")
     return f"{chat_config['model_type']}-{chat_config['quantization']}-{device}{variant}{suffix}"
 
 
@@ -85,13 +94,16 @@ def compile_model(
     output: str | Path,
     overrides: str | None = None,
     kernels: str | None = None,
+    subgroup_size: int = 0,
 ) -> Path:
     """Build the library and write it to ``output`` (atomically). Returns the path.
 
-    ``kernels`` picks the WebGPU kernel variant (``gpu`` when None); other devices take none."""
+    ``kernels`` picks the WebGPU kernel variant (``gpu`` when None); other devices take none.
+    ``subgroup_size`` > 0 builds WebGPU reductions with subgroup shuffles of that many lanes."""
     if device not in DEVICES:
         raise ModelConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     kernels = check_kernels(device, kernels)
+    subgroup_size = check_subgroup_size(device, subgroup_size)
     if not Path(output).is_dir():
         check_output_file(output)  # a bad output path fails now, not after the build
     chat_config = load_chat_config(chat_config_path)
@@ -101,10 +113,10 @@ def compile_model(
     config = model_config_for(chat_config, parse_overrides(overrides))
     out = Path(output)
     if out.is_dir():
-        out = out / default_library_name(chat_config, device, kernels)
+        out = out / default_library_name(chat_config, device, kernels, subgroup_size)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    exported = export_model(config, quant, make_target(device))
+    exported = export_model(config, quant, make_target(device, subgroup_size))
     executable = build_executable(exported, device, kernels)
     if exported.memory_plan is not None:  # MLC-LLM's memory report (webrt.compiler.memory_plan)
         print(exported.memory_plan.report(), flush=True)
