@@ -88,6 +88,42 @@ IDLE_TIMEOUT_S = 30.0
 LOCAL_HOST_NAMES = ("127.0.0.1", "localhost")
 
 
+#: How a model library's ``_metadata`` JSON starts (webrt writes ``model_type`` first, as MLC does).
+_METADATA_START = b'{"model_type": '
+
+
+#: A record's library fields: (the ``_metadata`` device, kernel variant if one is needed, the flags).
+LIBRARY_BUILDS: dict[str, tuple[str, str | None, str]] = {
+    "model_lib": ("webgpu", None, "--device webgpu"),
+    "model_lib_cpu": ("wasm", None, "--device wasm"),
+    "model_lib_fallback": ("webgpu", "fallback", "--device webgpu --kernels fallback"),
+}
+
+
+def _webrt_block(lib: Path) -> dict[str, Any]:
+    """The ``webrt`` block of a library's ``_metadata`` ({} for another compiler's library)."""
+    block = (library_metadata(lib) or {}).get("webrt")
+    return block if isinstance(block, dict) else {}
+
+
+def library_metadata(lib: Path) -> dict[str, Any] | None:
+    """The ``_metadata`` JSON of a model library (.wasm), read from the bytes of its data section
+    without running it (TVM stores the string as it is); None when the file holds none."""
+    data = lib.read_bytes()
+    decoder = json.JSONDecoder()
+    at = data.find(_METADATA_START)
+    while at >= 0:
+        end = data.find(b"\0", at)
+        try:
+            found, _ = decoder.raw_decode(data[at:end if end > 0 else len(data)].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            found = None
+        if isinstance(found, dict) and "params" in found:
+            return found
+        at = data.find(_METADATA_START, at + 1)
+    return None
+
+
 def _safe_relative(name: Any, where: Path, what: str) -> str:
     """`name` if it is a plain relative path inside the model folder and names no hidden file."""
     if not is_plain_relative_path(name) or any(part.startswith(".") for part in name.split("/")):
@@ -140,11 +176,10 @@ class ServedModel:
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir).expanduser().resolve()
         self.model_lib = Path(self.model_lib).expanduser().resolve()
-        builds = {"model_lib_cpu": "--device wasm", "model_lib_fallback": "--device webgpu --kernels fallback"}
         names = {self.model_lib.name}
-        for name, flags in builds.items():
+        for name, (*_, flags) in LIBRARY_BUILDS.items():
             lib = getattr(self, name)
-            if lib is None:
+            if name == "model_lib" or lib is None:
                 continue
             lib = Path(lib).expanduser().resolve()
             setattr(self, name, lib)
@@ -164,9 +199,19 @@ class ServedModel:
                                    "`webrt compile <model>/mlc-chat-config.json --device webgpu -o LIB.wasm`.")
         if not self.model_id:
             self.model_id = self.model_dir.name
+        built = {name: _webrt_block(getattr(self, name)) for name in LIBRARY_BUILDS if getattr(self, name)}
+        for name, block in built.items():
+            device, kernels, flags = LIBRARY_BUILDS[name]
+            if block and (block.get("device") != device or (kernels and block.get("kernels") != kernels)):
+                made = f"--device {block.get('device')}" + (f" --kernels {block['kernels']}" if "kernels" in block else "")
+                raise ModelConfigError(f"{getattr(self, name)} was compiled with `{made}`, but {name} needs a "
+                                       f"`webrt compile ... {flags}` library; pass the file that was built so.")
         if not self.required_features:
-            quant = str(json.loads(config.read_text()).get("quantization", ""))
-            self.required_features = ["shader-f16"] if "f16" in quant else []
+            if built["model_lib"]:
+                self.required_features = list(built["model_lib"].get("required_features") or [])
+            else:  # another compiler's library: what its quantization implies
+                quant = str(json.loads(config.read_text()).get("quantization", ""))
+                self.required_features = ["shader-f16"] if "f16" in quant else []
 
     @property
     def model_url(self) -> str:
