@@ -25,6 +25,7 @@ from webrt.compiler.schedules.cpu import NTMatmulCPU
 from webrt.compiler.schedules.gpu import RowPerThreadMatmul
 from webrt.compiler.schedules.gpu_coalesced import CoalescedMatmul
 from webrt.compiler.schedules.sampling import attach_sampling_functions
+from webrt.compiler.storage_plan import PackPlannedStorage
 from webrt.errors import ModelConfigError
 from webrt.models.config import TransformerConfig
 from webrt.models.registry import architecture_for_hf, model_class
@@ -258,6 +259,7 @@ def relax_pipeline(exported: ExportedModel, device: str, kernels: str | None = N
         relax.transform.RemovePurityChecking(),
         relax.transform.CallTIRRewrite(),
         relax.transform.StaticPlanBlockMemory(),
+        PackPlannedStorage(),
         _AttachMetadata(exported, device, kernels),
         relax.transform.LowerAllocTensor(),
         relax.transform.KillAfterLastUse(),

@@ -19,7 +19,8 @@ The figures come from the compiled module itself, as MLC-LLM's do:
   planning allocates (``alloc_storage``, and ``builtin.alloc_tensor`` of a constant shape), with
   the symbolic sizes bounded by the prefill chunk and the batch limit -- MLC-LLM's
   ``memory_usage`` rule (``compiler_pass/estimate_memory_usage.py``), kept per function in
-  ``_metadata.memory_usage``.
+  ``_metadata.memory_usage``. It is measured after webrt repacks the plan
+  (:mod:`webrt.compiler.storage_plan`), as the library allocates it.
 
 ``MemoryPlan.report()`` is MLC-LLM's line, same wording (MB = 2**20 bytes):
 ``Total memory usage: N MB (Parameters: N MB. KVCache: N MB. Temporary buffer: N MB)``.

@@ -16,7 +16,7 @@ names them ``<matrix>.<part>.q_lo`` (``...self_attn.qkv_proj.v_proj.q_lo``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from tvm import te, tirx
 from tvm.relax.frontend import nn
@@ -61,36 +61,53 @@ def _plane_expr(planes: dict[str, te.Tensor], fmt: PlaneFormat, row, col):
     return value
 
 
-def _weight_tensor(weights: list[te.Tensor], quant: Quantization, dtype: str) -> te.Tensor:
-    """The ``[out, in]`` weight as a TE tensor: the stored one, or a dequantize block in ``dtype``.
+def _weight_tensor(weights: list[te.Tensor], quant: Quantization, dtype: str,
+                   rows: range | None = None) -> tuple[te.Tensor, int]:
+    """The ``[out, in]`` weight (its ``rows`` only, when given) as a TE tensor, with the row of
+    it where ``rows`` starts: the stored tensor (rows selected by the matmul's index), or a
+    dequantize block in ``dtype`` over just those rows.
 
     Dequantization happens in float32 whatever the model dtype: the product is accumulated in
     float32 anyway, and CPUs have no fast float16 arithmetic.
     """
+    first = 0 if rows is None else rows.start
     if not quant.is_grouped:
-        return weights[0]
+        return weights[0], first
     q_weight, q_scale = weights
-    n = q_weight.shape[0]
+    n = q_weight.shape[0] if rows is None else len(rows)
     k = q_weight.shape[1] * quant.elems_per_storage
     return te.compute(
         (n, k),
-        lambda i, j: _dequantize_expr(q_weight, q_scale, quant, i, j, dtype),
+        lambda i, j: _dequantize_expr(q_weight, q_scale, quant, i + first, j, dtype),
         name="dequantize",
-    )
+    ), 0
 
 
-def _nt_matmul(x: te.Tensor, w: te.Tensor, out_dtype: str) -> te.Tensor:
-    """``x[..., k] @ w[n, k]^T`` accumulated in float32, cast to ``out_dtype``."""
+def _nt_matmul(x: te.Tensor, w: te.Tensor, out_dtype: str, rows: range | None = None,
+               first_row: int = 0) -> te.Tensor:
+    """``x[..., k] @ w[first_row + n, k]^T`` for ``len(rows)`` rows (all of ``w`` without
+    ``rows``), accumulated in float32 and cast to ``out_dtype``."""
     *batch, k_dim = x.shape
     k = te.reduce_axis((0, k_dim), name="k")
     acc = te.compute(
-        (*batch, w.shape[0]),
-        lambda *idx: te.sum(x[(*idx[:-1], k)].astype("float32") * w[idx[-1], k].astype("float32"), axis=k),
+        (*batch, w.shape[0] if rows is None else len(rows)),
+        lambda *idx: te.sum(x[(*idx[:-1], k)].astype("float32") * w[idx[-1] + first_row, k].astype("float32"),
+                            axis=k),
         name="NT_matmul",
     )
     if out_dtype == "float32":
         return acc
     return te.compute(acc.shape, lambda *idx: acc[idx].astype(out_dtype), name="cast_out")
+
+
+def silu_epilogue(y: te.Tensor) -> te.Tensor:
+    """``silu(y) = y * sigmoid(y)`` as one elementwise block (the expression of Relax's ``silu``)."""
+    return te.compute(y.shape, lambda *idx: y(*idx) * te.sigmoid(y(*idx)), name="silu")
+
+
+def times_epilogue(y: te.Tensor, factor: te.Tensor) -> te.Tensor:
+    """``factor * y`` elementwise (``factor`` is a second input of the kernel)."""
+    return te.compute(y.shape, lambda *idx: factor(*idx) * y(*idx), name="multiply")
 
 
 @dataclass(frozen=True)
@@ -145,11 +162,19 @@ def _segment_names(segment: Segment) -> list[str]:
 
 def _segment_tensor(w_te: list[te.Tensor], segment: Segment) -> te.Tensor:
     """A segment as a TE ``[rows, cols]`` tensor: its float weight, or a dequantize block."""
+    return _segment_rows(w_te, segment)[0]
+
+
+def _segment_rows(w_te: list[te.Tensor], segment: Segment, rows: range | None = None) -> tuple[te.Tensor, int]:
+    """A segment (its ``rows`` only, when given) as a TE tensor, with the row of it where
+    ``rows`` starts: its float weight, or a dequantize block over just those rows."""
+    first = 0 if rows is None else rows.start
     fmt = segment.planes
     if fmt is None:
-        return w_te[0]
+        return w_te[0], first
     planes = dict(zip(_segment_names(segment), w_te))
-    return te.compute((segment.rows, segment.cols), lambda i, j: _plane_expr(planes, fmt, i, j), name="dequantize")
+    n = segment.rows if rows is None else len(rows)
+    return te.compute((n, segment.cols), lambda i, j: _plane_expr(planes, fmt, i + first, j), name="dequantize"), 0
 
 
 def plan_segments(parts: list[tuple[str, int]], cols: int, formats: dict[str, str]) -> list[Segment]:
@@ -234,9 +259,43 @@ class QuantizedMatrix(nn.Module):
             return outs[0] if len(outs) == 1 else op.concat(outs, dim=-1)
 
         def compute(x_te: te.Tensor, *w_te: te.Tensor) -> te.Tensor:
-            return _nt_matmul(x_te, _weight_tensor(list(w_te), quant, "float32"), out_dtype)
+            return _nt_matmul(x_te, _weight_tensor(list(w_te), quant, "float32")[0], out_dtype)
 
         return op.tensor_expr_op(compute, name, args=[x, *self.weights()])
+
+    def matmul_rows(self, x: Tensor, rows: range, out_dtype: str, name: str,
+                    epilogue: Callable[..., te.Tensor] | None = None, epilogue_args: Sequence[Tensor] = ()) -> Tensor:
+        """``epilogue(x @ W[rows]^T, *epilogue_args)`` as one kernel: the product with some rows of
+        the weight (one fused part, such as ``gate_proj`` of ``gate_up_proj``), read where they
+        are stored, then an elementwise epilogue. ``rows`` lie within one ``gguf_f32`` segment."""
+        if self.quant.keeps_gguf:
+            segment, first = self._segment_holding(rows)
+            weights = self._segment_weights(segment)
+
+            def weight(w_te: list[te.Tensor]) -> tuple[te.Tensor, int]:
+                return _segment_rows(w_te, segment, range(first, first + len(rows)))
+        else:
+            weights = self.weights()
+
+            def weight(w_te: list[te.Tensor]) -> tuple[te.Tensor, int]:
+                return _weight_tensor(w_te, self.quant, "float32", rows)
+
+        def compute(x_te: te.Tensor, *rest: te.Tensor) -> te.Tensor:
+            w, first_row = weight(list(rest[:len(weights)]))
+            y = _nt_matmul(x_te, w, out_dtype, rows, first_row)
+            return y if epilogue is None else epilogue(y, *rest[len(weights):])
+
+        return op.tensor_expr_op(compute, name, args=[x, *weights, *epilogue_args])
+
+    def _segment_holding(self, rows: range) -> tuple[Segment, int]:
+        """The ``gguf_f32`` segment that holds ``rows``, and the row of it where they start."""
+        start = 0
+        for segment in self.segments:
+            if start <= rows.start and rows.stop <= start + segment.rows:
+                return segment, rows.start - start
+            start += segment.rows
+        raise ModelConfigError(f"rows {rows.start}..{rows.stop} of a matrix span several GGUF types; "
+                               "multiply by its fused matrix instead")
 
 
 class Linear(QuantizedMatrix):

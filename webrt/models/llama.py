@@ -20,7 +20,7 @@ from tvm.target import Target
 from webrt.compiler.quantization import Quantization
 from webrt.errors import ModelConfigError
 from webrt.models.config import TransformerConfig
-from webrt.models.layers import Embedding, Linear, RMSNorm, bind_gguf_formats
+from webrt.models.layers import Embedding, Linear, RMSNorm, bind_gguf_formats, silu_epilogue, times_epilogue
 
 SUPPORTED_ROPE_SCALING = ("llama3",)
 
@@ -64,18 +64,31 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one matrix."""
+    """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one matrix.
+
+    One token (decode) multiplies by the fused matrix. A prompt multiplies by its gate and up
+    rows in two kernels, ``silu`` and the product with ``silu(gate)`` as their epilogues: the
+    fused ``[tokens, 2 x intermediate]`` product and a third ``[tokens, intermediate]`` buffer
+    are never live, which is most of a prefill's temporary memory (same values: the same
+    products, the same ``silu(gate) * up`` in the model dtype).
+    """
 
     def __init__(self, config: TransformerConfig, quant: Quantization):
         super().__init__()
         inter = config.intermediate_size
         parts = (("gate_proj", inter), ("up_proj", inter))
+        self.intermediate_size = inter
         self.gate_up_proj = Linear(config.hidden_size, 2 * inter, quant, parts=parts)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, quant)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(op.silu(gate) * up)
+        if x.shape[1] == 1:
+            gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
+            return self.down_proj(op.silu(gate) * up)
+        inter, fused, dtype = self.intermediate_size, self.gate_up_proj, self.gate_up_proj.quant.model_dtype
+        gate = fused.matmul_rows(x, range(inter), dtype, "linear", silu_epilogue)
+        act = fused.matmul_rows(x, range(inter, 2 * inter), dtype, "linear", times_epilogue, [gate])
+        return self.down_proj(act)
 
 
 class LlamaDecoderLayer(nn.Module):
