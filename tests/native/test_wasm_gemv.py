@@ -294,17 +294,23 @@ def tiny_model(which: str, request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("which", ["q4f32_1", "gguf_f32"])
-def test_tiny_model_wasm_library_in_node_matches_the_native_cpu_library(which: str,
+def test_tiny_model_wasm_library_in_node_matches_the_native_cpu_library(which: str, threads: int,
                                                                          request: pytest.FixtureRequest) -> None:
+    """Also on two threads: the library's thread pool (webrt.wasm.threads) on a worker_thread; its
+    own counters show the worker ran as many parallel-loop tasks as the calling thread."""
     if shutil.which("emcc") is None or shutil.which("node") is None:
         pytest.skip("needs emcc and node")
     from engine_util import native_greedy_steps
     from webrt.tools.bench.cpu_rounds import run_node
 
     art = tiny_model(which, request)
-    (run,) = run_node(art.model_dir, [art.libs["wasm"]], PROMPT, DECODE_STEPS, 0, 1, logits=True)
+    (run,) = run_node(art.model_dir, [art.libs["wasm"]], PROMPT, DECODE_STEPS, 0, 1, logits=True, threads=threads)
     native = native_greedy_steps(art, PROMPT, DECODE_STEPS)
+    if threads > 1:
+        calling, worker = run["tasksRun"]
+        assert calling > 0 and worker == calling
     assert run["tokens"] == native["tokens"]
     assert len(run["logits"]) == len(native["logits"]) == DECODE_STEPS + 1
     for step, (got, expected) in enumerate(zip(run["logits"], native["logits"], strict=True)):

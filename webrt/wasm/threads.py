@@ -128,11 +128,15 @@ class ThreadPool:
                     timeout_s: float = START_TIMEOUT_S, script_url: str | None = None) -> ThreadPool:
         """Start ``threads - 1`` workers on `module` and `memory` and turn the pool on.
 
-        Raises ThreadsUnavailableError when the library has no pool, or a worker fails to start or
-        is not waiting in its loop within `timeout_s` (the workers started are ended)."""
+        Raises ThreadsUnavailableError where this context cannot have threads (`thread_support`),
+        when the library has no pool, or a worker fails to start or is not waiting in its loop
+        within `timeout_s` (the workers started are ended)."""
         if not has_pool(exports):
             raise ThreadsUnavailableError("this CPU library has no thread pool (it was built by an older webrt); "
                                           "rebuild it with `webrt compile --device wasm`, or load it with 1 thread")
+        available, why = thread_support()
+        if available == 1:
+            raise ThreadsUnavailableError(f"the CPU thread pool cannot start here: {why}")
         pool = cls(exports, threads)
         try:
             await pool._start(module, memory, timeout_s, script_url or worker_script_url())
