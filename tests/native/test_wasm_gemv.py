@@ -175,10 +175,11 @@ def test_the_code_dot_kernel_unpacks_with_whole_vectors() -> None:
 
 RUN_NODE_JS = r"""
 const fs = require("fs");
-const tvmjs = require(process.argv[1]);
+globalThis.tvmjs = require(process.argv[1]);
+require(process.argv[3]);  // webrt's tvmjs_bench.js: webrtTvmjsInstantiate gives a CPU library its shared memory
 const a = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 (async () => {
-  const tvm = await tvmjs.instantiate(fs.readFileSync(a.wasm), tvmjs.createPolyfillWASI(), () => {});
+  const { tvm } = await webrtTvmjsInstantiate(fs.readFileSync(a.wasm));
   const dev = tvm.cpu();
   tvm.beginScope();
   const vm = tvm.createVirtualMachine(dev);
@@ -218,8 +219,10 @@ def run_wasm_in_node(wasm: Path, params: list[np.ndarray], calls: list[tuple[str
     (tmp / "run.json").write_text(json.dumps({"wasm": str(wasm), "blob": str(tmp / "blob.bin"), "params": layout,
                                               "calls": call_specs}))
     index_js = find_node_package("@mlc-ai/web-runtime") / "lib" / "index.js"
-    proc = subprocess.run(["node", "-e", RUN_NODE_JS, str(index_js), str(tmp / "run.json")], capture_output=True,
-                          text=True, timeout=300)
+    from webrt.tools.bench.browser_bench import BENCH_DIR
+
+    proc = subprocess.run(["node", "-e", RUN_NODE_JS, str(index_js), str(tmp / "run.json"),
+                           str(BENCH_DIR / "tvmjs_bench.js")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import base64
 

@@ -20,16 +20,21 @@ function webrtSharedMemoryFor(wasm) {
   return new WebAssembly.Memory({ initial: (160 << 20) / 65536, maximum: 32768, shared: true });
 }
 
+// tvmjs.instantiate with the memory a CPU library imports: {tvm, memory (null: the library's own)}.
+async function webrtTvmjsInstantiate(wasm, logger = () => {}) {
+  const wasi = tvmjs.createPolyfillWASI();
+  const memory = webrtSharedMemoryFor(wasm);
+  if (memory) wasi.imports.env.memory = memory;
+  return { tvm: await tvmjs.instantiate(wasm, wasi, logger), memory };
+}
+
 async function webrtTvmjsLoad(opts) {
   const now = () => performance.now();
   const t0 = now();
   const gpu = opts.cpu ? null : await tvmjs.detectGPUDevice();
   if (!gpu && !opts.cpu) throw new Error("no WebGPU adapter");
   const wasm = opts.wasmBytes || await (await fetch(opts.wasmURL)).arrayBuffer();
-  const wasi = tvmjs.createPolyfillWASI();
-  const memory = webrtSharedMemoryFor(wasm);
-  if (memory) wasi.imports.env.memory = memory;
-  const tvm = await tvmjs.instantiate(wasm, wasi, () => {});
+  const { tvm, memory } = await webrtTvmjsInstantiate(wasm);
   if (gpu) tvm.initWebGPU(gpu.device);
   const dev = gpu ? tvm.webgpu() : tvm.cpu();
   tvm.beginScope();
@@ -99,5 +104,6 @@ async function webrtBenchTvmjs(opts) {
     timedFromEpoch, timedToEpoch: Date.now(),
   };
 }
+globalThis.webrtTvmjsInstantiate = webrtTvmjsInstantiate;
 globalThis.webrtTvmjsLoad = webrtTvmjsLoad;
 globalThis.webrtBenchTvmjs = webrtBenchTvmjs;
