@@ -77,9 +77,9 @@ def run_rounds(model_dir: Path, libs: dict[str, Path], gguf: Path | None, rounds
                         name = f"webrt {m.label}" + (f" {n} threads" if n > 1 else "")
                         row[name] = bench_webrt_cpu(server, opts[m.label], m, timeout_s, log, threads=n)
             if gguf is not None:
-                for threads in wllama_threads:
-                    row[f"wllama {threads} thread(s)"] = bench_wllama(server, opts[models[0].label], models[0], threads,
-                                                                      timeout_s, log)
+                for n in wllama_threads:
+                    row[f"wllama {n} thread(s)"] = bench_wllama(server, opts[models[0].label], models[0], n,
+                                                                timeout_s, log)
             out["rounds"].append({k: row[k] for k in sorted(row, key=_column_order(models))})
             log(f"[rounds] round {r + 1}: " + ", ".join(f"{k} {decode_ms(v):.1f}" for k, v in row.items()))
         out["prompt"] = opts[models[0].label]["prompt"]
