@@ -39,10 +39,10 @@ def _median(values: list[float]) -> float:
 
 
 def run_node(model_dir: Path, libs: list[Path], prompt: list[int], steps: int, warmup: int, rounds: int,
-             timeout_s: float = 1800, logits: bool = False, threads: int = 1) -> list[dict[str, Any]]:
+             timeout_s: float = 1800, logits: bool = False, threads: int | list[int] = 1) -> list[dict[str, Any]]:
     """`tvmjs_node.js`: every library loaded once in one node process, rounds taken in turn (with
-    `logits`, each run also holds every step's logits; with `threads` > 1 each library's thread
-    pool runs on worker_threads)."""
+    `logits`, each run also holds every step's logits; with `threads` > 1 (one count, or one per
+    library) the library's thread pool runs on worker_threads)."""
     opts = {"model": str(model_dir), "libs": [str(p) for p in libs], "prompt": prompt, "steps": steps,
             "warmup": warmup, "rounds": rounds, "logits": logits, "threads": threads}
     from webrt.tools.bench.browser_bench import BENCH_DIR
@@ -85,8 +85,9 @@ def run_rounds(model_dir: Path, libs: dict[str, Path], gguf: Path | None, rounds
         out["prompt"] = opts[models[0].label]["prompt"]
     if node:
         log("[rounds] node ...")
-        out["node"] = run_node(model_dir, list(libs.values()), out["prompt"], steps, warmup, rounds,
-                               threads=max(threads))
+        paths = [p for _ in threads for p in libs.values()]  # every library at every thread count
+        out["node"] = run_node(model_dir, paths, out["prompt"], steps, warmup, rounds,
+                               threads=[n for n in threads for _ in libs])
     return out
 
 
@@ -153,8 +154,8 @@ def table(result: dict[str, Any]) -> str:
         node = result["node"]
         lines_node = ["", "node (TVM's JS runtime, one process, libraries in turn; wall clock, then the process's CPU "
                       "time per step):", "",
-                      "| round | " + " | ".join(Path(r["lib"]).name for r in node) + " | ratio | "
-                      + " | ".join(f"{Path(r['lib']).name} CPU" for r in node) + " | CPU ratio |",
+                      "| round | " + " | ".join(_node_name(r) for r in node) + " | ratio | "
+                      + " | ".join(f"{_node_name(r)} CPU" for r in node) + " | CPU ratio |",
                       "|---" * (2 * len(node) + 3) + "|"]
         for i in range(len(node[0]["rounds"])):
             ms = [_median(r["rounds"][i]) for r in node]
@@ -166,6 +167,11 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines + [""] + notes)
 
 
+def _node_name(run: dict[str, Any]) -> str:
+    threads = run.get("threads", 1)
+    return Path(run["lib"]).name + (f" {threads} threads" if threads > 1 else "")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``webrt bench cpu`` (and of this module run as a script)."""
     p.add_argument("--model", required=True, type=Path, help="model folder (weights, mlc-chat-config.json)")
@@ -174,7 +180,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wllama-threads", type=int, nargs="*", default=[1])
     p.add_argument("--threads", type=int, nargs="+", default=[1],
                    help="webrt's CPU threads (one column each; >1 runs webrt in a worker of the cross-origin "
-                        "isolated page; node runs the largest)")
+                        "isolated page; with --node, every library at each count)")
     p.add_argument("--runtimes", nargs="*", default=list(RUNTIMES), choices=RUNTIMES)
     p.add_argument("--node", action="store_true", help="also time the libraries in node")
     p.add_argument("--rounds", type=int, default=3)

@@ -3,8 +3,9 @@
 // once (its own instance, the same weights, a paged KV cache ready), prefills the same prompt,
 // then the libraries take turns: in each round every library runs `warmup` untimed and `steps`
 // timed greedy decode steps, so all of them decode at the same positions under the same load.
-// One thread, like TVM's web runtime in a page (parallel loops run serially), unless "threads" > 1:
-// then each library starts webrt's thread pool (webrt/wasm/threads.py) on threads - 1
+// One thread, like TVM's web runtime in a page (parallel loops run serially), unless "threads" > 1
+// (a number, or one per library: the same library may be listed twice to pair 1 and 2 threads):
+// then the library starts webrt's thread pool (webrt/wasm/threads.py) on threads - 1
 // worker_threads running js/cpu_thread.js, the same worker script as in the browser.
 //
 //   node webrt/tools/bench/tvmjs_node.js '{"model": "dist/m", "libs": ["a.wasm", "b.wasm"],
@@ -90,12 +91,13 @@ async function main() {
     loadParams: paramLoader(opts.model), logits: Boolean(opts.logits),
   };
   const runs = [];
-  for (const lib of opts.libs) {
+  for (const [i, lib] of opts.libs.entries()) {
     const wasmBytes = fs.readFileSync(lib);
     const session = await webrtTvmjsLoad({ ...base, wasmBytes });
-    if ((opts.threads || 1) > 1) session.pool = await startPool(session, wasmBytes, opts.threads);
+    const threads = (Array.isArray(opts.threads) ? opts.threads[i] : opts.threads) || 1;
+    if (threads > 1) session.pool = await startPool(session, wasmBytes, threads);
     const prefill = await session.step(opts.prompt);
-    runs.push({ lib, session, readyMs: session.readyMs, prefillMs: prefill.totalMs, tokens: [prefill.token],
+    runs.push({ lib, threads, session, readyMs: session.readyMs, prefillMs: prefill.totalMs, tokens: [prefill.token],
                 rounds: [], logits: opts.logits ? [prefill.logits] : undefined });
   }
   for (let r = 0; r < (opts.rounds || 1); r++) {
