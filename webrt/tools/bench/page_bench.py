@@ -64,7 +64,8 @@ async def _webrt_cpu_bench(opts):
     runner = ModelRunner(backend, WindowConfig(opts["contextWindow"], -1, -1, opts["prefillChunk"]))
     out = {"runtime": "webrt-cpu", "readyMs": (time.perf_counter() - t0) * 1e3,
            "weightsMs": loader.last_load["weights_s"] * 1e3, "library": loader.last_load["library"],
-           "memoryBytes": loader.last_load["memory_bytes"], "threads": loader.last_load["threads"], "downloads": len(loader.last_load["fetch"]["network"])}
+           "memoryBytes": loader.last_load["memory_bytes"], "threads": loader.last_load["threads"],
+           "downloads": len(loader.last_load["fetch"]["network"])}
     if not opts.get("steps"):
         return out
     t = time.perf_counter()
