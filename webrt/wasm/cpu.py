@@ -29,7 +29,7 @@ from webrt.wasm.ffi import CPU, Device, DeviceType
 from webrt.wasm.instance import Instance
 from webrt.wasm.objects import Module
 from webrt.wasm.runtime import CPU_LIBRARY, open_vm, read_metadata
-from webrt.wasm.threads import ThreadPool
+from webrt.wasm.threads import ThreadPool, has_pool
 
 
 class CPURuntime:
@@ -47,10 +47,11 @@ class CPURuntime:
         self.pool: ThreadPool | None = None
 
     @classmethod
-    async def load(cls, wasm: Any, threads: int = 1) -> CPURuntime:
+    async def load(cls, wasm: Any, threads: int = 1, required: bool = True) -> CPURuntime:
         """Instantiate `wasm` (a ``--device wasm`` library) and create its VM on the CPU; with
         `threads` > 1, start the library's thread pool (`webrt.wasm.threads.ThreadPool.start`;
-        resolve the count with `webrt.wasm.threads.resolve_threads`).
+        resolve the count with `webrt.wasm.threads.resolve_threads`). Unless `required`, a
+        library built without the pool (an older webrt) runs on one thread instead of failing.
 
         A WebGPU library raises `webrt.wasm.runtime.LibraryDeviceError` naming the CPU build; a
         pool that cannot start raises `webrt.errors.ThreadsUnavailableError`."""
@@ -61,7 +62,7 @@ class CPURuntime:
         try:
             vm = open_vm(inst, DeviceType.CPU, CPU_LIBRARY)
             metadata = read_metadata(vm, CPU_LIBRARY)
-            if threads > 1:
+            if threads > 1 and (required or has_pool(inst.exports)):
                 pool = await ThreadPool.start(inst.exports, inst.module, inst.imported_memory, threads)
         except BaseException:
             inst.dispose()

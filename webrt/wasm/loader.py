@@ -284,7 +284,7 @@ class WebGPUModelLoader:
         report(0.01, f"Fetching the CPU model library {url.rsplit('/', 1)[-1]} ({choice.reason})")
         wasm = await self.cache.fetch_library(url, record.integrity, "model_lib_cpu")
         t_wasm = time.perf_counter()
-        runtime = await CPURuntime.load(wasm, threads)
+        runtime = await CPURuntime.load(wasm, threads, required=bool(self.threads))
         progress = report.phases({"weights": 1.0}, 0.05, 0.99)
         try:
             params = await self._load_params(runtime, model_base_url(record), progress["weights"], record.integrity)
