@@ -7,9 +7,9 @@ greedy tokens and logits equal the native CPU library's (same tolerance as
 test_browser_cpu_wasm.py: fp32 rounding between wasm simd128 and the host's AVX) and the same
 library's on one thread in the same page; the pool's own per-thread task counters (in the
 library's shared memory) show the worker thread ran parallel-loop tasks. A worker whose script
-does not load fails the load with ThreadsUnavailableError instead of hanging; a worker that stops
-after the pool started fails the next call with the pool's error after the task timeout (2 s
-here) and leaves the library on one thread.
+does not load fails the load with ThreadsUnavailableError instead of hanging (a worker that stops
+after the pool started: tests/native/test_wasm_cpu_threads_node.py; Chromium's Worker.terminate()
+does not end a worker that is inside the pool's loop, so it cannot be staged here).
 
 A page that is not cross-origin isolated runs the same library on one thread by default (and
 answers the native tokens); asking it for two threads is a ThreadsUnavailableError naming the fix.
@@ -71,26 +71,6 @@ async def asks_for(threads):
         return {"error": type(exc).__name__, "message": str(exc)}
     return {"error": None}
 
-async def worker_dies():
-    import webrt.wasm.threads as threads
-
-    threads.TASK_TIMEOUT_MS = 2000  # the longest wait for a worker's share of one parallel loop
-    loader = WebGPUModelLoader(CFG, threads=2)
-    record = CFG.find("tiny")
-    cfg = json.loads(await loader.read_text(record, "mlc-chat-config.json"))
-    backend = await loader.load(record, cfg, None)
-    runner = ModelRunner(backend, WindowConfig(cfg["context_window_size"], cfg["sliding_window_size"],
-                                               cfg["attention_sink_size"], cfg["prefill_chunk_size"]))
-    backend.runtime.pool.workers[0].terminate()
-    try:
-        runner.prefill(%(prompt)s)
-        out = {"error": None}
-    except Exception as exc:
-        out = {"error": type(exc).__name__, "message": str(exc)}
-    out["threads_after"] = backend.runtime.threads
-    backend.close()
-    return out
-
 async def worker_script_missing():
     wasm = await (await js.fetch("/lib/%(cpu_lib)s")).arrayBuffer()
     inst = await Instance.create(wasm)
@@ -118,10 +98,10 @@ def _browser(isolation: bool, calls: list[str]) -> list[Any]:
 def runs() -> dict[str, Any]:
     if not pyodide_util.pyodide_available():
         pytest.skip("chromium, playwright or npm pyodide is not installed")
-    two, one, missing, dies = _browser(True, ["steps(2)", "steps(1)", "worker_script_missing()", "worker_dies()"])
+    two, one, missing = _browser(True, ["steps(2)", "steps(1)", "worker_script_missing()"])
     default, refused = _browser(False, ["steps(None)", "asks_for(2)"])
     native = native_greedy_steps(tiny_wasm_artifacts(), PROMPT, DECODE_STEPS)
-    return {"two": two, "one": one, "missing": missing, "dies": dies, "default": default, "refused": refused, "native": native}
+    return {"two": two, "one": one, "missing": missing, "default": default, "refused": refused, "native": native}
 
 
 def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
@@ -143,12 +123,6 @@ def test_two_threads_match_the_native_library_and_one_thread(runs: dict[str, Any
 
 def test_a_worker_that_cannot_start_is_a_typed_error(runs: dict[str, Any]) -> None:
     assert runs["missing"] and "CPU worker thread 1 failed" in runs["missing"]
-
-
-def test_a_worker_that_stops_fails_the_call_instead_of_hanging(runs: dict[str, Any]) -> None:
-    dies = runs["dies"]
-    assert dies["error"] is not None and "webrt thread pool" in dies["message"], dies
-    assert dies["threads_after"] == 1  # the pool turned itself off
 
 
 def test_a_page_without_isolation_runs_one_thread(runs: dict[str, Any]) -> None:

@@ -120,8 +120,8 @@ int __wrap_TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int
       store(&pool.active, 0);
       TVMFFIErrorSetRaisedFromCStr("RuntimeError",
                                    "webrt thread pool: a worker thread did not finish its part of a parallel loop "
-                                   "in time (it stopped or never started); threads are now off for this model: "
-                                   "reload it to use them again, or load it with one thread");
+                                   "in time (it stopped or never started); threads are now off and this call's "
+                                   "state is lost: reload the model (with one thread if it happens again)");
       return -1;
     }
   }
