@@ -39,10 +39,10 @@ parentPort.on("message", (data) => self.onmessage({ data }));
 const POOL = [1 << 20, 4 << 20, 20000, 30000];
 
 // Start webrt's thread pool of a loaded CPU library on `threads` threads (this one included).
-async function startPool(session, wasm, threads) {
+async function startPool(session, wasm, threads, taskTimeoutMs = POOL[3]) {
   const ex = session.tvm.lib.exports;
   if (!ex.webrt_pool_init) throw new Error("this CPU library has no thread pool (rebuild it)");
-  if (ex.webrt_pool_init(threads, 1, ...POOL) !== 0) throw new Error("webrt_pool_init failed");
+  if (ex.webrt_pool_init(threads, 1, ...POOL.slice(0, 3), taskTimeoutMs) !== 0) throw new Error("webrt_pool_init failed");
   const module = new WebAssembly.Module(wasm);
   const workers = [];
   const started = [];
@@ -63,6 +63,8 @@ async function startPool(session, wasm, threads) {
   while (ex.webrt_pool_ready() !== threads - 1) await new Promise((r) => setTimeout(r, 1));
   if (ex.webrt_pool_start() !== 0) throw new Error("webrt_pool_start failed");
   return {
+    workers,
+    threads: () => ex.webrt_pool_threads(),
     tasksRun: () => Array.from({ length: threads }, (_, i) => ex.webrt_pool_tasks_run(i)),
     stop: () => { ex.webrt_pool_stop(); for (const w of workers) w.terminate(); },
   };
@@ -128,4 +130,5 @@ async function main() {
   process.stdout.write(JSON.stringify(out) + "\n");
 }
 
-main().catch((err) => { console.error(err && err.stack || err); process.exit(1); });
+module.exports = { paramLoader, startPool };
+if (require.main === module) main().catch((err) => { console.error(err && err.stack || err); process.exit(1); });
