@@ -15,8 +15,8 @@ works from any Python frame, JSPI or not).
 Threads: TVM's web runtime runs parallel loops serially (`TVMBackendParallelLaunch` in
 ``web/emcc/wasm_runtime.cc`` runs one task); the library also holds webrt's thread pool, which
 `load(wasm, threads=n)` starts on ``n - 1`` Web Workers over the library's shared memory
-(`webrt.wasm.threads`: cross-origin isolated pages, engine in a worker). With the wasm decode kernel (`webrt.compiler.schedules.wasm`), a SmolLM2
-gguf_f32 decode step in headless Chromium costs 0.42-0.51x the CPU time per token of llama.cpp's
+(`webrt.wasm.threads`: cross-origin isolated pages, engine in a worker). On one thread, with the
+wasm decode kernel (`webrt.compiler.schedules.wasm`), a SmolLM2 gguf_f32 decode step in headless Chromium costs 0.42-0.51x the CPU time per token of llama.cpp's
 wasm build (wllama, same GGUF, one thread), paired rounds in BENCHMARKS.md.
 """
 

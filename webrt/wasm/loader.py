@@ -59,9 +59,9 @@ from webrt.ndarray_cache.integrity import ModelIntegrity
 from webrt.ndarray_cache.urls import absolute_url, join_url
 from webrt.wasm.backend import WasmBackend
 from webrt.wasm.cpu import CPURuntime
-from webrt.wasm.threads import MAX_THREADS, resolve_threads
 from webrt.wasm.objects import Array
 from webrt.wasm.runtime import Runtime
+from webrt.wasm.threads import check_threads, resolve_threads
 from webrt.wasm.webgpu.device import GPUInfo, request_device
 from webrt.wasm.webgpu.features import check_library
 from webrt.wasm.weights import upload_params
@@ -181,11 +181,11 @@ class WebGPUModelLoader:
 
     def __init__(self, app_config: AppConfig | None = None, *, cache_backend: str | None = None,
                  concurrency: int = 4, use_kernel_list: bool = True, gpu: GPUInfo | None = None,
-                 device: str = "auto", fetch_policy: FetchPolicy = DEFAULT_POLICY, threads: int | None = None):
+                 device: str = "auto", fetch_policy: FetchPolicy = DEFAULT_POLICY,
+                 threads: int | None = None):
         if device not in LOADER_DEVICES:
             raise ModelConfigError(f"device must be one of {LOADER_DEVICES}, got {device!r}")
-        if threads is not None and not 0 <= threads <= MAX_THREADS:
-            raise ModelConfigError(f"threads must be between 0 (automatic) and {MAX_THREADS}, got {threads}")
+        check_threads(threads)
         #: CPU threads of the CPU library: None or 0 = what the page allows (several when cross-origin
         #: isolated and running in a worker, else 1); more than 1 where the page cannot have them
         #: raises ThreadsUnavailableError at load (`webrt.wasm.threads.resolve_threads`)

@@ -67,13 +67,18 @@ def thread_support() -> tuple[int, str]:
     return max(1, min(cores, DEFAULT_MAX_THREADS)), f"{cores} cores, cross-origin isolated worker"
 
 
+def check_threads(requested: int | None) -> None:
+    """ModelConfigError for a thread count out of range (None or 0: automatic)."""
+    if requested is not None and not 0 <= requested <= MAX_THREADS:
+        raise ModelConfigError(f"threads must be between 0 (automatic) and {MAX_THREADS}, got {requested}")
+
+
 def resolve_threads(requested: int | None) -> int:
     """The thread count for a load: `requested`, or (None or 0) what `thread_support` allows.
 
     Raises ThreadsUnavailableError when more than one thread is asked for where there can be only
     one, ModelConfigError for a count out of range."""
-    if requested is not None and not 0 <= requested <= MAX_THREADS:
-        raise ModelConfigError(f"threads must be between 0 (automatic) and {MAX_THREADS}, got {requested}")
+    check_threads(requested)
     available, why = thread_support()
     if not requested:
         return available
