@@ -85,8 +85,9 @@ class StaticServer(ArtifactServer):
 
     handler_class = _FaultyHandler
 
-    def __init__(self, routes: Mapping[str, Path] | None = None, files: Mapping[str, bytes | str] | None = None):
-        super().__init__(routes, files, csp=None)
+    def __init__(self, routes: Mapping[str, Path] | None = None, files: Mapping[str, bytes | str] | None = None,
+                 isolation: bool = True):
+        super().__init__(routes, files, csp=None, isolation=isolation)
         #: URL path -> fault (see FAULTS), applied to every request of that path until removed
         self.faults: dict[str, str] = {}
         #: URL path -> how many more requests get its fault (absent: every request)

@@ -85,6 +85,8 @@ def _compiler_fingerprint() -> str:
     h = hashlib.sha256()
     sources = [
         *(REPO / "webrt/compiler").rglob("*.py"),
+        *(REPO / "webrt/compiler").rglob("*.c"),  # the CPU library's thread pool object
+        REPO / "webrt/wasm/threads.py",  # the CPU library's memory limits
         *(REPO / "webrt/models").rglob("*.py"),
         *(REPO / "webrt/conversation").rglob("*.py"),
         REPO / "webrt/ndarray_cache/format.py",

@@ -94,9 +94,11 @@ class PyodidePage:
     """A Chromium page running webrt's Python runtime (see module docstring)."""
 
     def __init__(self, routes: Mapping[str, Path] | None = None, worker: bool = False,
-                 boot_timeout_s: float = 90):
+                 boot_timeout_s: float = 90, isolation: bool = True):
         self.routes = {"/pyodide/": PYODIDE_DIR, "/runtime/": RUNTIME_DIR, **(routes or {})}
         self.worker = worker
+        #: serve the page cross-origin isolated (COOP/COEP), as `webrt serve` does
+        self.isolation = isolation
         self.boot_timeout_s = boot_timeout_s
         self._stack = contextlib.ExitStack()
         self.browser: Page | None = None
@@ -105,7 +107,7 @@ class PyodidePage:
     def __enter__(self) -> PyodidePage:
         files = {"/": page_html(self.worker), BUNDLE_URL: bundle_bytes()}
         try:
-            self.server = self._stack.enter_context(browser_util.StaticServer(self.routes, files))
+            self.server = self._stack.enter_context(browser_util.StaticServer(self.routes, files, isolation=self.isolation))
             self.browser = self._stack.enter_context(browser_util.chromium())
             self.reload()
         except BaseException:

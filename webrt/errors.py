@@ -108,3 +108,9 @@ class EngineNotLoadedError(WebrtError, RuntimeError):
 
 class InvalidRequestError(WebrtError, ValueError):
     """A chat/completions request has a bad parameter."""
+
+
+class ThreadsUnavailableError(WebrtError, RuntimeError):
+    """More than one CPU thread was asked for where the page cannot have them (no cross-origin
+    isolation, no SharedArrayBuffer, or a window's main thread, which may not block), or a
+    worker thread of the pool failed to start or to finish its work."""

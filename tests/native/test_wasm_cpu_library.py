@@ -3,8 +3,8 @@
 The CPU pipeline and schedules with TVM's LLVM target for wasm32 + simd128 (host the same),
 `relax.build(..., system_lib=True)`, linked by `export_wasm(..., webgpu=False)` against TVM's web
 runtime objects `wasm_runtime` and `tvmjs_support` only. Checked here on the tiny Llama: the
-target, the file name, the link (the same 11 imports as a WebGPU library, no WebGPU runtime
-inside) and the device recorded in `_metadata`. Running it (logits against the native CPU
+target, the file name, the link (a WebGPU library's 11 imports plus its shared memory, which it
+exports too, webrt's thread pool, no WebGPU runtime inside) and the device recorded in `_metadata`. Running it (logits against the native CPU
 library, the loader's choice, the Engine) is tests/browser/test_browser_cpu_wasm.py.
 """
 
@@ -21,6 +21,7 @@ from webrt.compiler.compile import compile_model, default_library_name
 from webrt.compiler.linking import web_runtime
 from webrt.compiler.linking.wasm_export import wasm_exports, wasm_imports
 from webrt.errors import ModelConfigError
+from webrt.wasm.threads import POOL_EXPORTS
 
 #: The devices the tiny model is built for by the CPU-library tests (one cached build).
 TINY_DEVICES = ("cpu", "webgpu", "wasm")
@@ -82,12 +83,14 @@ def test_cpu_runtime_objects_leave_out_webgpu(tmp_path: Path) -> None:
 def test_links_with_the_webgpu_library_imports_and_no_webgpu_runtime(art: Any) -> None:
     cpu, gpu = art.libs["wasm"], art.libs["webgpu"]
     assert cpu.read_bytes()[:4] == b"\0asm"
-    assert sorted(wasm_imports(cpu)) == EXPECTED_IMPORTS
+    # the CPU library imports its (shared) memory for webrt.wasm.threads and exports it again
+    assert sorted(wasm_imports(cpu)) == sorted([*EXPECTED_IMPORTS, ("env", "memory")])
     assert sorted(wasm_imports(gpu)) == EXPECTED_IMPORTS
     exports = set(wasm_exports(cpu))
     for name in ("memory", "TVMFFIFunctionCall", "TVMFFIFunctionGetGlobal", "TVMWasmAllocSpace",
-                 "TVMFFIEnvModRegisterSystemLibSymbol"):
+                 "TVMFFIEnvModRegisterSystemLibSymbol", *POOL_EXPORTS, "stackRestore"):
         assert name in exports, name
+    assert not set(POOL_EXPORTS) & set(wasm_exports(gpu))
     # webgpu_runtime.cc registers `device_api.webgpu`: in the WebGPU library only
     assert b"device_api.webgpu" in gpu.read_bytes()
     assert b"device_api.webgpu" not in cpu.read_bytes()

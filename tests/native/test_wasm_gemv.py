@@ -175,10 +175,11 @@ def test_the_code_dot_kernel_unpacks_with_whole_vectors() -> None:
 
 RUN_NODE_JS = r"""
 const fs = require("fs");
-const tvmjs = require(process.argv[1]);
+globalThis.tvmjs = require(process.argv[1]);
+require(process.argv[3]);  // webrt's tvmjs_bench.js: webrtTvmjsInstantiate gives a CPU library its shared memory
 const a = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 (async () => {
-  const tvm = await tvmjs.instantiate(fs.readFileSync(a.wasm), tvmjs.createPolyfillWASI(), () => {});
+  const { tvm } = await webrtTvmjsInstantiate(fs.readFileSync(a.wasm));
   const dev = tvm.cpu();
   tvm.beginScope();
   const vm = tvm.createVirtualMachine(dev);
@@ -218,8 +219,10 @@ def run_wasm_in_node(wasm: Path, params: list[np.ndarray], calls: list[tuple[str
     (tmp / "run.json").write_text(json.dumps({"wasm": str(wasm), "blob": str(tmp / "blob.bin"), "params": layout,
                                               "calls": call_specs}))
     index_js = find_node_package("@mlc-ai/web-runtime") / "lib" / "index.js"
-    proc = subprocess.run(["node", "-e", RUN_NODE_JS, str(index_js), str(tmp / "run.json")], capture_output=True,
-                          text=True, timeout=300)
+    from webrt.tools.bench.browser_bench import BENCH_DIR
+
+    proc = subprocess.run(["node", "-e", RUN_NODE_JS, str(index_js), str(tmp / "run.json"),
+                           str(BENCH_DIR / "tvmjs_bench.js")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import base64
 
@@ -294,17 +297,23 @@ def tiny_model(which: str, request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("which", ["q4f32_1", "gguf_f32"])
-def test_tiny_model_wasm_library_in_node_matches_the_native_cpu_library(which: str,
+def test_tiny_model_wasm_library_in_node_matches_the_native_cpu_library(which: str, threads: int,
                                                                          request: pytest.FixtureRequest) -> None:
+    """Also on two threads: the library's thread pool (webrt.wasm.threads) on a worker_thread; its
+    own counters show the worker ran as many parallel-loop tasks as the calling thread."""
     if shutil.which("emcc") is None or shutil.which("node") is None:
         pytest.skip("needs emcc and node")
     from engine_util import native_greedy_steps
     from webrt.tools.bench.cpu_rounds import run_node
 
     art = tiny_model(which, request)
-    (run,) = run_node(art.model_dir, [art.libs["wasm"]], PROMPT, DECODE_STEPS, 0, 1, logits=True)
+    (run,) = run_node(art.model_dir, [art.libs["wasm"]], PROMPT, DECODE_STEPS, 0, 1, logits=True, threads=threads)
     native = native_greedy_steps(art, PROMPT, DECODE_STEPS)
+    if threads > 1:
+        calling, worker = run["tasksRun"]
+        assert calling > 0 and worker == calling
     assert run["tokens"] == native["tokens"]
     assert len(run["logits"]) == len(native["logits"]) == DECODE_STEPS + 1
     for step, (got, expected) in enumerate(zip(run["logits"], native["logits"], strict=True)):

@@ -3,7 +3,7 @@
 URL layout (what `site/` and `examples/get-started/` expect)::
 
     /                              the page folder (site/ by default)
-    /runtime/                      webrt/wasm/js: boot.js + worker.js (Pyodide + webrt in a worker)
+    /runtime/                      webrt/wasm/js: boot.js + worker.js (Pyodide + webrt in a worker), cpu_thread.js
     /pyodide/                      the npm pyodide package
     /webrt-bundle.zip              webrt's browser packages, zipped on start-up
     /app-config.json               an AppConfig with one record per served model
@@ -72,7 +72,8 @@ CSP_SOURCES: tuple[tuple[str, str], ...] = (
     ("script-src 'self' 'wasm-unsafe-eval'",
      "the page's and the runtime's modules, Pyodide's loader; WebAssembly compilation of Pyodide's "
      "CPython and of the model library (no JS eval)"),
-    ("worker-src 'self'", "the module worker that hosts Python (runtime/worker.js)"),
+    ("worker-src 'self'", "the module worker that hosts Python (runtime/worker.js) and the CPU library's thread "
+     "workers (runtime/cpu_thread.js)"),
     ("connect-src 'self'", "fetch of the bundle, Pyodide's files, the AppConfig, model files and libraries"),
     ("style-src 'self'", "the pages' style sheets"),
     ("img-src 'self' data:", "icons"),

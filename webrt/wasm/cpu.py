@@ -13,9 +13,10 @@ works from any Python frame, JSPI or not).
     backend = WasmBackend(runtime, params)                 # the engine's Backend, as on WebGPU
 
 Threads: TVM's web runtime runs parallel loops serially (`TVMBackendParallelLaunch` in
-``web/emcc/wasm_runtime.cc`` runs one task), so the library is single-threaded unless the host
-provides threads. With the wasm decode kernel (`webrt.compiler.schedules.wasm`), a SmolLM2
-gguf_f32 decode step in headless Chromium costs 0.42-0.51x the CPU time per token of llama.cpp's
+``web/emcc/wasm_runtime.cc`` runs one task); the library also holds webrt's thread pool, which
+`load(wasm, threads=n)` starts on ``n - 1`` Web Workers over the library's shared memory
+(`webrt.wasm.threads`: cross-origin isolated pages, engine in a worker). On one thread, with the
+wasm decode kernel (`webrt.compiler.schedules.wasm`), a SmolLM2 gguf_f32 decode step in headless Chromium costs 0.42-0.51x the CPU time per token of llama.cpp's
 wasm build (wllama, same GGUF, one thread), paired rounds in BENCHMARKS.md.
 """
 
@@ -28,6 +29,7 @@ from webrt.wasm.ffi import CPU, Device, DeviceType
 from webrt.wasm.instance import Instance
 from webrt.wasm.objects import Module
 from webrt.wasm.runtime import CPU_LIBRARY, open_vm, read_metadata
+from webrt.wasm.threads import ThreadPool, has_pool
 
 
 class CPURuntime:
@@ -41,22 +43,32 @@ class CPURuntime:
     def __init__(self, inst: Instance, vm: Module, metadata: dict[str, Any]):
         self.inst, self.vm, self.metadata = inst, vm, metadata
         self.timings: dict[str, float] = {}
+        #: the worker threads of TVM's parallel loops (None: one thread)
+        self.pool: ThreadPool | None = None
 
     @classmethod
-    async def load(cls, wasm: Any) -> CPURuntime:
-        """Instantiate `wasm` (a ``--device wasm`` library) and create its VM on the CPU.
+    async def load(cls, wasm: Any, threads: int = 1, required: bool = True) -> CPURuntime:
+        """Instantiate `wasm` (a ``--device wasm`` library) and create its VM on the CPU; with
+        `threads` > 1, start the library's thread pool (`webrt.wasm.threads.ThreadPool.start`;
+        resolve the count with `webrt.wasm.threads.resolve_threads`). Unless `required`, a
+        library built without the pool (an older webrt) runs on one thread instead of failing.
 
-        A WebGPU library raises `webrt.wasm.runtime.LibraryDeviceError` naming the CPU build."""
+        A WebGPU library raises `webrt.wasm.runtime.LibraryDeviceError` naming the CPU build; a
+        pool that cannot start raises `webrt.errors.ThreadsUnavailableError`."""
         t0 = time.perf_counter()
         inst = await Instance.create(wasm)
         t1 = time.perf_counter()
+        pool = None
         try:
             vm = open_vm(inst, DeviceType.CPU, CPU_LIBRARY)
             metadata = read_metadata(vm, CPU_LIBRARY)
+            if threads > 1 and (required or has_pool(inst.exports)):
+                pool = await ThreadPool.start(inst.exports, inst.module, inst.imported_memory, threads)
         except BaseException:
             inst.dispose()
             raise
         rt = cls(inst, vm, metadata)
+        rt.pool = pool
         rt.timings["instantiate_s"] = t1 - t0
         rt.timings["vm_s"] = time.perf_counter() - t1
         return rt
@@ -70,6 +82,15 @@ class CPURuntime:
         """The size of the instance's linear memory now (weights + KV cache + activations)."""
         return int(self.inst.memory.size)
 
+    @property
+    def threads(self) -> int:
+        """Threads TVM's parallel loops run on now."""
+        return self.pool.active_threads if self.pool is not None else 1
+
     def dispose(self) -> None:
-        """Release the instance (its memory goes with it when JS drops the instance)."""
+        """Stop the worker threads and release the instance (its memory goes with it when JS drops
+        the instance)."""
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool = None
         self.inst.dispose()

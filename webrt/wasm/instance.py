@@ -82,6 +82,9 @@ class Instance:
         self._proxies: list[Any] = []
         self.memory: JsMemory
         self.exports: Any = None
+        #: the compiled WebAssembly.Module, and the memory it imports (None: the module has its own)
+        self.module: Any = None
+        self.imported_memory: Any = None
 
     # --- creation ---------------------------------------------------------------------------------
     @classmethod
@@ -90,12 +93,18 @@ class Instance:
         import js
         from pyodide.ffi import to_js
 
+        from webrt.wasm.threads import imports_memory, new_shared_memory
+
         inst = cls(log)
         if isinstance(wasm, (bytes, bytearray, memoryview)):
             wasm = to_js(bytes(wasm))
+        if str(js.Object.prototype.toString.call(wasm)) != "[object WebAssembly.Module]":
+            wasm = await js.WebAssembly.compile(wasm)
+        inst.module = wasm
+        # a CPU library imports a shared memory (webrt.wasm.threads); a WebGPU library has its own
+        inst.imported_memory = new_shared_memory() if imports_memory(wasm) else None
         imports = inst._import_object()
-        result = await js.WebAssembly.instantiate(wasm, imports)
-        instance = getattr(result, "instance", result)  # Module input resolves to an Instance
+        instance = await js.WebAssembly.instantiate(wasm, imports)
         inst._attach(instance)
         return inst
 
@@ -113,6 +122,8 @@ class Instance:
             "TVMFFIWasmFunctionDeleter": proxy(self._function_deleter),
             "emscripten_notify_memory_growth": proxy(self._on_memory_growth),
         }
+        if self.imported_memory is not None:
+            env["memory"] = self.imported_memory
         wasi = {name: proxy(fn) for name, fn in self.wasi.imports().items()}
         return to_js({"env": env, "wasi_snapshot_preview1": wasi}, dict_converter=js.Object.fromEntries)
 

@@ -25,6 +25,9 @@ no usable WebGPU: no ``navigator.gpu``, no adapter, a device without the record'
 features, or a fallback (software) adapter (``GPUAdapter.info.isFallbackAdapter``; Chromium's
 SwiftShader is one, and a software GPU runs these models far slower than wasm on the same CPU).
 Without ``model_lib_cpu`` the loader uses ``model_lib`` on whatever adapter there is, as before.
+The CPU library runs TVM's parallel loops on ``threads`` CPU threads (`webrt.wasm.threads`): by
+default as many as the page allows (the cores, at most 4, on a cross-origin isolated page with the
+engine in a worker; one elsewhere).
 
 WebGPU kernel variants: ``model_lib`` is normally built with ``--kernels gpu`` (coalesced kernels
 for real GPUs, as WebLLM loads it); a record may also name ``model_lib_fallback``, the same model
@@ -58,6 +61,7 @@ from webrt.wasm.backend import WasmBackend
 from webrt.wasm.cpu import CPURuntime
 from webrt.wasm.objects import Array
 from webrt.wasm.runtime import Runtime
+from webrt.wasm.threads import check_threads, resolve_threads
 from webrt.wasm.webgpu.device import GPUInfo, request_device
 from webrt.wasm.webgpu.features import check_library
 from webrt.wasm.weights import upload_params
@@ -177,9 +181,15 @@ class WebGPUModelLoader:
 
     def __init__(self, app_config: AppConfig | None = None, *, cache_backend: str | None = None,
                  concurrency: int = 4, use_kernel_list: bool = True, gpu: GPUInfo | None = None,
-                 device: str = "auto", fetch_policy: FetchPolicy = DEFAULT_POLICY):
+                 device: str = "auto", fetch_policy: FetchPolicy = DEFAULT_POLICY,
+                 threads: int | None = None):
         if device not in LOADER_DEVICES:
             raise ModelConfigError(f"device must be one of {LOADER_DEVICES}, got {device!r}")
+        check_threads(threads)
+        #: CPU threads of the CPU library: None or 0 = what the page allows (several when cross-origin
+        #: isolated and running in a worker, else 1); more than 1 where the page cannot have them
+        #: raises ThreadsUnavailableError at load (`webrt.wasm.threads.resolve_threads`)
+        self.threads = threads
         backend = cache_backend or (app_config.cache_backend if app_config is not None else "cache")
         #: downloads: retries, backoff and the stall timeout are ``fetch_policy``'s
         self.cache = ArtifactCache(backend, concurrency, fetch_policy)
@@ -270,10 +280,11 @@ class WebGPUModelLoader:
                         t0: float) -> WasmBackend:
         """The CPU library (``model_lib_cpu``) and the weights into its memory."""
         url = cpu_library_url(record)
+        threads = resolve_threads(self.threads)  # before any download: a page without threads fails now
         report(0.01, f"Fetching the CPU model library {url.rsplit('/', 1)[-1]} ({choice.reason})")
         wasm = await self.cache.fetch_library(url, record.integrity, "model_lib_cpu")
         t_wasm = time.perf_counter()
-        runtime = await CPURuntime.load(wasm)
+        runtime = await CPURuntime.load(wasm, threads, required=bool(self.threads))
         progress = report.phases({"weights": 1.0}, 0.05, 0.99)
         try:
             params = await self._load_params(runtime, model_base_url(record), progress["weights"], record.integrity)
@@ -288,6 +299,7 @@ class WebGPUModelLoader:
             "instantiate_s": runtime.timings.get("instantiate_s", 0.0) + runtime.timings.get("vm_s", 0.0),
             "weights_s": runtime.timings.get("weights_s", 0.0),
             "memory_bytes": runtime.memory_bytes,
+            "threads": runtime.threads,
             "load_s": time.perf_counter() - t0,
             "fetch": self.cache.stats.to_json(),
         }

@@ -7,8 +7,11 @@ cannot be read by Emscripten 3.1.6's wasm-ld 14.
 
 A CPU library (``webrt compile --device wasm``: every kernel is wasm32+simd128 code, no shaders)
 is linked the same way with ``webgpu=False``: against `wasm_runtime` and `tvmjs_support` only.
-It has the same 11 imports as a WebGPU library (the WebGPU runtime adds none) and links in
-about 1.6 s at -O1 for SmolLM2.
+It also links webrt's thread pool object over a shared, imported memory
+(`webrt.compiler.linking.thread_pool`), so the browser may run TVM's parallel loops on several
+workers (`webrt.wasm.threads`); it imports ``env.memory`` besides a WebGPU library's 11 imports,
+and exports that memory again (`export_memory`: TVM's JS runtime reads ``exports.memory``).
+It links in about 1.6 s at -O1 for SmolLM2.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from webrt.compiler.linking.web_runtime import (
     find_emcc,
     object_paths,
 )
+from webrt.compiler.linking.thread_pool import LINK_FLAGS as THREAD_LINK_FLAGS
+from webrt.compiler.linking.thread_pool import ensure_thread_pool_object
 from webrt.errors import ModelLibraryError, ToolchainError
 
 #: Link flags: TVM's `create_tvmjs_wasm` set, with -O1 (-O3 spends minutes in wasm-opt for the
@@ -93,6 +98,9 @@ def export_wasm(
     out = Path(output_path)
     emcc = find_emcc()
     objects = object_paths(runtime_dir if runtime_dir is not None else ensure_web_runtime(), webgpu=webgpu)
+    if not webgpu:  # a CPU library: the thread pool over shared memory
+        objects.append(ensure_thread_pool_object())
+        options = [*THREAD_LINK_FLAGS, *options]
     missing = [p for p in objects if not p.is_file()]
     if missing:
         raise ToolchainError(f"web runtime objects missing: {', '.join(map(str, missing))}")
@@ -108,6 +116,8 @@ def export_wasm(
             )
         if tmp.stat().st_size == 0:
             raise ToolchainError(f"emcc produced an empty {tmp.name}")
+        if not webgpu:
+            tmp.write_bytes(export_memory(tmp.read_bytes()))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -187,6 +197,38 @@ def _skip_import_desc(r: _Reader, kind: int) -> None:
         raise ModelLibraryError(f"unknown wasm import kind {kind}")
 
 
+def _uleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        out.append(b | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def export_memory(data: bytes, name: str = "memory") -> bytes:
+    """`data` (a .wasm that imports its memory) with that memory exported too, as `name`.
+
+    wasm-ld 14 cannot export an imported memory; TVM's JS runtime (and webrt's host) read
+    ``exports.memory``. Re-exporting an import is valid wasm."""
+    if name in wasm_exports_of(data):
+        return data
+    _sections(data)  # validates the header and every section's size
+    r = _Reader(data, 8)
+    while r.pos < len(data):
+        header, sid = r.pos, r.byte()
+        size = r.uleb()
+        start, end = r.pos, r.pos + size
+        if sid == _SECTION_EXPORT:
+            r = _Reader(data, start, end)
+            count = r.uleb()
+            body = _uleb(count + 1) + data[r.pos:end] + _uleb(len(name)) + name.encode() + b"\x02" + _uleb(0)
+            return data[:header] + bytes([_SECTION_EXPORT]) + _uleb(len(body)) + body + data[end:]
+        r.pos = end
+    raise ModelLibraryError("the .wasm has no export section")
+
+
 def wasm_imports(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(module, name) of every import of a .wasm file, in declaration order."""
     data = Path(path).read_bytes()
@@ -203,7 +245,11 @@ def wasm_imports(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
 
 def wasm_exports(path: str | os.PathLike[str]) -> list[str]:
     """Names of every export of a .wasm file, in declaration order."""
-    data = Path(path).read_bytes()
+    return wasm_exports_of(Path(path).read_bytes())
+
+
+def wasm_exports_of(data: bytes) -> list[str]:
+    """Names of every export of a wasm binary, in declaration order."""
     result: list[str] = []
     for sid, start, end in _sections(data):
         if sid == _SECTION_EXPORT:

@@ -37,6 +37,8 @@ WEBRT_PAGE = ("<!doctype html><meta charset='utf-8'><title>webrt bench</title><s
               "import { bootMain } from '/runtime/boot.js';"
               "window.webrtBoot = bootMain({pyodideURL: '/pyodide/', bundleURL: '/webrt-bundle.zip'})"
               ".then((rt) => { window.webrt = rt; return rt.bootMs; });</script>")
+#: the same, with Python in a module worker (where the CPU library may use several threads)
+WEBRT_WORKER_PAGE = WEBRT_PAGE.replace("bootMain", "bootWorker")
 
 
 @dataclass
@@ -78,7 +80,7 @@ def bench_server(models: list[BrowserModel]) -> ArtifactServer:
     file_routes = model_file_routes([ServedModel(m.model_dir, m.wasm, m.slug) for m in models])
     file_routes.update({f"/gguf/{m.slug}.gguf": m.gguf for m in models if m.gguf is not None})
     file_routes.update({cpu_library_path(m): m.wasm_cpu for m in models if m.wasm_cpu is not None})
-    files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/wllama.html": WLLAMA_PAGE,
+    files = {"/js.html": JS_PAGE, "/webrt.html": WEBRT_PAGE, "/webrt-worker.html": WEBRT_WORKER_PAGE, "/wllama.html": WLLAMA_PAGE,
              "/webrt-bundle.zip": build_bundle()}
     # the benchmark's own pages use inline scripts: no CSP; cross-origin isolated, so wllama may
     # use threads (SharedArrayBuffer)
@@ -144,13 +146,16 @@ def _run_webrt(page: Page, server: ArtifactServer, opts: dict[str, Any], timeout
 
 
 def bench_webrt_cpu(server: ArtifactServer, opts: dict[str, Any], model: BrowserModel, timeout_s: float,
-                    log: Callable[[str], None]) -> dict[str, Any]:
-    """webrt on the model's CPU library: cold, then warm (page reloaded), in a fresh profile."""
-    out: dict[str, Any] = {"threads": 1}
+                    log: Callable[[str], None], threads: int = 1) -> dict[str, Any]:
+    """webrt on the model's CPU library: cold, then warm (page reloaded), in a fresh profile. With
+    `threads` > 1 webrt runs in a module worker of the (cross-origin isolated) page, where the
+    library's thread pool may start (`webrt.wasm.threads`)."""
+    out: dict[str, Any] = {"threads": threads}
+    run_opts = {**opts, "threads": threads}
     with chromium_page() as page:
-        for phase, phase_opts in (("cold", opts), ("warm", {**opts, "steps": 0})):
-            log(f"[bench] {model.label}: webrt CPU library, {phase} cache ...")
-            page.goto(server.url("/webrt.html"))
+        for phase, phase_opts in (("cold", run_opts), ("warm", {**run_opts, "steps": 0})):
+            log(f"[bench] {model.label}: webrt CPU library, {threads} thread(s), {phase} cache ...")
+            page.goto(server.url("/webrt-worker.html" if threads > 1 else "/webrt.html"))
             with CPUSampler(page.proc.pid) as sampler:
                 out[phase] = run_page_python(page, "page_bench.py", "webrt_cpu_bench", phase_opts, timeout_s)
             if "stepMs" in out[phase]:

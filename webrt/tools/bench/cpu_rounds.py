@@ -12,6 +12,9 @@ model (an A/B of two schedules)::
         --lib old=dist/smollm2-gguf_f32/lib-wasm-old.wasm --lib new=dist/smollm2-gguf_f32/lib-wasm.wasm \\
         --gguf $GGUF --wllama-threads 1 2 --rounds 3 --steps 16
 
+``--threads 1 2`` adds a column of webrt on two CPU threads (`webrt.wasm.threads`: the page is
+cross-origin isolated and webrt runs in a module worker there), to set beside ``--wllama-threads 2``.
+
 prints one Markdown table (median decode ms/token per round, prefill, ready) and the ratios.
 """
 
@@ -36,11 +39,12 @@ def _median(values: list[float]) -> float:
 
 
 def run_node(model_dir: Path, libs: list[Path], prompt: list[int], steps: int, warmup: int, rounds: int,
-             timeout_s: float = 1800, logits: bool = False) -> list[dict[str, Any]]:
+             timeout_s: float = 1800, logits: bool = False, threads: int | list[int] = 1) -> list[dict[str, Any]]:
     """`tvmjs_node.js`: every library loaded once in one node process, rounds taken in turn (with
-    `logits`, each run also holds every step's logits)."""
+    `logits`, each run also holds every step's logits; with `threads` > 1 (one count, or one per
+    library) the library's thread pool runs on worker_threads)."""
     opts = {"model": str(model_dir), "libs": [str(p) for p in libs], "prompt": prompt, "steps": steps,
-            "warmup": warmup, "rounds": rounds, "logits": logits}
+            "warmup": warmup, "rounds": rounds, "logits": logits, "threads": threads}
     from webrt.tools.bench.browser_bench import BENCH_DIR
 
     proc = subprocess.run(["node", str(BENCH_DIR / "tvmjs_node.js"), json.dumps(opts)], capture_output=True,
@@ -52,7 +56,7 @@ def run_node(model_dir: Path, libs: list[Path], prompt: list[int], steps: int, w
 
 def run_rounds(model_dir: Path, libs: dict[str, Path], gguf: Path | None, rounds: int, steps: int, warmup: int,
                prompt_len: int, wllama_threads: tuple[int, ...], runtimes: tuple[str, ...], node: bool,
-               timeout_s: float = 900, log=print) -> dict[str, Any]:
+               timeout_s: float = 900, log=print, threads: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """{"rounds": [{row label: result}], "node": [...]} (see the module docstring)."""
     # imported here, not at the top: `webrt`'s parser reads this module's options at every start
     from webrt.tools.bench.browser_bench import (BrowserModel, _options, bench_server, bench_tvmjs_cpu,
@@ -69,17 +73,21 @@ def run_rounds(model_dir: Path, libs: dict[str, Path], gguf: Path | None, rounds
                 if "tvmjs" in runtimes:
                     row[f"tvmjs {m.label}"] = bench_tvmjs_cpu(server, opts[m.label], m, timeout_s, log)["cold"]
                 if "webrt" in runtimes:
-                    row[f"webrt {m.label}"] = bench_webrt_cpu(server, opts[m.label], m, timeout_s, log)
+                    for n in threads:
+                        name = f"webrt {m.label}" + (f" {n} threads" if n > 1 else "")
+                        row[name] = bench_webrt_cpu(server, opts[m.label], m, timeout_s, log, threads=n)
             if gguf is not None:
-                for threads in wllama_threads:
-                    row[f"wllama {threads} thread(s)"] = bench_wllama(server, opts[models[0].label], models[0], threads,
-                                                                      timeout_s, log)
+                for n in wllama_threads:
+                    row[f"wllama {n} thread(s)"] = bench_wllama(server, opts[models[0].label], models[0], n,
+                                                                timeout_s, log)
             out["rounds"].append({k: row[k] for k in sorted(row, key=_column_order(models))})
             log(f"[rounds] round {r + 1}: " + ", ".join(f"{k} {decode_ms(v):.1f}" for k, v in row.items()))
         out["prompt"] = opts[models[0].label]["prompt"]
     if node:
         log("[rounds] node ...")
-        out["node"] = run_node(model_dir, list(libs.values()), out["prompt"], steps, warmup, rounds)
+        paths = [p for _ in threads for p in libs.values()]  # every library at every thread count
+        out["node"] = run_node(model_dir, paths, out["prompt"], steps, warmup, rounds,
+                               threads=[n for n in threads for _ in libs])
     return out
 
 
@@ -146,8 +154,8 @@ def table(result: dict[str, Any]) -> str:
         node = result["node"]
         lines_node = ["", "node (TVM's JS runtime, one process, libraries in turn; wall clock, then the process's CPU "
                       "time per step):", "",
-                      "| round | " + " | ".join(Path(r["lib"]).name for r in node) + " | ratio | "
-                      + " | ".join(f"{Path(r['lib']).name} CPU" for r in node) + " | CPU ratio |",
+                      "| round | " + " | ".join(_node_name(r) for r in node) + " | ratio | "
+                      + " | ".join(f"{_node_name(r)} CPU" for r in node) + " | CPU ratio |",
                       "|---" * (2 * len(node) + 3) + "|"]
         for i in range(len(node[0]["rounds"])):
             ms = [_median(r["rounds"][i]) for r in node]
@@ -159,12 +167,20 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines + [""] + notes)
 
 
+def _node_name(run: dict[str, Any]) -> str:
+    threads = run.get("threads", 1)
+    return Path(run["lib"]).name + (f" {threads} threads" if threads > 1 else "")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``webrt bench cpu`` (and of this module run as a script)."""
     p.add_argument("--model", required=True, type=Path, help="model folder (weights, mlc-chat-config.json)")
     p.add_argument("--lib", action="append", required=True, help="LABEL=PATH of a --device wasm library (repeat)")
     p.add_argument("--gguf", type=Path, help="the GGUF the model was built from, for the wllama rows")
     p.add_argument("--wllama-threads", type=int, nargs="*", default=[1])
+    p.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="webrt's CPU threads (one column each; >1 runs webrt in a worker of the cross-origin "
+                        "isolated page; with --node, every library at each count)")
     p.add_argument("--runtimes", nargs="*", default=list(RUNTIMES), choices=RUNTIMES)
     p.add_argument("--node", action="store_true", help="also time the libraries in node")
     p.add_argument("--rounds", type=int, default=3)
@@ -179,7 +195,7 @@ def run(a: argparse.Namespace) -> None:
     libs = dict(item.split("=", 1) for item in a.lib)
     result = run_rounds(a.model, {k: Path(v) for k, v in libs.items()}, a.gguf, a.rounds, a.steps, a.warmup,
                         a.prompt_len, tuple(a.wllama_threads), tuple(a.runtimes), a.node,
-                        log=lambda m: print(m, file=sys.stderr, flush=True))
+                        log=lambda m: print(m, file=sys.stderr, flush=True), threads=tuple(a.threads))
     if a.json:
         a.json.write_text(json.dumps(result))
     print(table(result))

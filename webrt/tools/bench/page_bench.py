@@ -55,16 +55,17 @@ async def _webrt_bench(opts):
 
 async def _webrt_cpu_bench(opts):
     """The same steps on the CPU library (``model_lib_cpu``, `WebGPUModelLoader(device="cpu")`):
-    every tensor in wasm memory, nothing to wait for, one thread."""
+    every tensor in wasm memory, nothing to wait for, on ``opts["threads"]`` threads (default 1)."""
     t0 = time.perf_counter()
-    loader = WebGPUModelLoader(cache_backend="cache", device="cpu")
+    loader = WebGPUModelLoader(cache_backend="cache", device="cpu", threads=opts.get("threads", 1))
     record = ModelRecord(model=opts["model"], model_id="bench", model_lib=opts["wasm"], model_lib_cpu=opts["wasmCpu"])
     chat_config = json.loads(await loader.read_text(record, CHAT_CONFIG_FILE))
     backend = await loader.load(record, chat_config, None)
     runner = ModelRunner(backend, WindowConfig(opts["contextWindow"], -1, -1, opts["prefillChunk"]))
     out = {"runtime": "webrt-cpu", "readyMs": (time.perf_counter() - t0) * 1e3,
            "weightsMs": loader.last_load["weights_s"] * 1e3, "library": loader.last_load["library"],
-           "memoryBytes": loader.last_load["memory_bytes"], "downloads": len(loader.last_load["fetch"]["network"])}
+           "memoryBytes": loader.last_load["memory_bytes"], "threads": loader.last_load["threads"],
+           "downloads": len(loader.last_load["fetch"]["network"])}
     if not opts.get("steps"):
         return out
     t = time.perf_counter()

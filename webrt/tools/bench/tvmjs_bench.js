@@ -12,13 +12,29 @@
 // Load a library to a KV cache ready for the first token: {readyMs, ..., step(tokens)}, where
 // step runs one forward pass + argmax on the device and returns the token and where the time went
 // (with opts.logits, the step's logits too, as an array).
+// A CPU library imports a shared memory (it has webrt's thread pool): the memory to give it, with
+// the limits it was linked with (webrt/wasm/threads.py), or null for a library that has its own.
+function webrtSharedMemoryFor(wasm) {
+  const module = new WebAssembly.Module(wasm);
+  if (!WebAssembly.Module.imports(module).some((imp) => imp.kind === "memory")) return null;
+  return new WebAssembly.Memory({ initial: (160 << 20) / 65536, maximum: 32768, shared: true });
+}
+
+// tvmjs.instantiate with the memory a CPU library imports: {tvm, memory (null: the library's own)}.
+async function webrtTvmjsInstantiate(wasm, logger = () => {}) {
+  const wasi = tvmjs.createPolyfillWASI();
+  const memory = webrtSharedMemoryFor(wasm);
+  if (memory) wasi.imports.env.memory = memory;
+  return { tvm: await tvmjs.instantiate(wasm, wasi, logger), memory };
+}
+
 async function webrtTvmjsLoad(opts) {
   const now = () => performance.now();
   const t0 = now();
   const gpu = opts.cpu ? null : await tvmjs.detectGPUDevice();
   if (!gpu && !opts.cpu) throw new Error("no WebGPU adapter");
   const wasm = opts.wasmBytes || await (await fetch(opts.wasmURL)).arrayBuffer();
-  const tvm = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), () => {});
+  const { tvm, memory } = await webrtTvmjsInstantiate(wasm);
   if (gpu) tvm.initWebGPU(gpu.device);
   const dev = gpu ? tvm.webgpu() : tvm.cpu();
   tvm.beginScope();
@@ -66,7 +82,7 @@ async function webrtTvmjsLoad(opts) {
     tvm.endScope();
     return result;
   };
-  return { readyMs, pipelinesMs, weightsMs, kernels, step };
+  return { readyMs, pipelinesMs, weightsMs, kernels, step, tvm, memory };
 }
 
 async function webrtBenchTvmjs(opts) {
@@ -88,5 +104,6 @@ async function webrtBenchTvmjs(opts) {
     timedFromEpoch, timedToEpoch: Date.now(),
   };
 }
+globalThis.webrtTvmjsInstantiate = webrtTvmjsInstantiate;
 globalThis.webrtTvmjsLoad = webrtTvmjsLoad;
 globalThis.webrtBenchTvmjs = webrtBenchTvmjs;

@@ -28,6 +28,8 @@ _webrt_run
 /** Load Pyodide and webrt; return {pyodide, runPython(code) -> Promise<{value}|{error}>}. */
 export async function bootPython(opts) {
   const t0 = performance.now();
+  // where this script's siblings are (the CPU thread pool's worker script, cpu_thread.js)
+  globalThis.webrtRuntimeURL = new URL("./", import.meta.url).href;
   const base = new URL(opts.pyodideURL, globalThis.location.href).href;
   const { loadPyodide } = await import(base + "pyodide.mjs");
   const [pyodide, zip] = await Promise.all([
