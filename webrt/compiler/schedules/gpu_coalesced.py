@@ -28,6 +28,8 @@ On SwiftShader the workgroup barriers of the reduction cost more than the bandwi
 
 from __future__ import annotations
 
+import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
@@ -37,6 +39,8 @@ from webrt.compiler.schedules.util import static_extent
 
 MAX_LANES = 64  # invocations along K per weight row (threadIdx.x)
 ROWS_PER_GROUP = 4  # weight rows per workgroup (threadIdx.y)
+PREFILL_TILE = 8  # prompt rows per invocation in a prefill matmul
+GEMV_ROW_VARS = ("batch_size",)  # symbolic input-row extents that stay small (a batched decode)
 WORD_CODES = 8  # codes per packed 4-bit word: the least step along K of a quantized weight
 MAX_GROUPS_PER_DIMENSION = 65535  # WebGPU's default maxComputeWorkgroupsPerDimension
 
@@ -55,7 +59,11 @@ def _largest_power_of_two_dividing(n: int, limit: int) -> int:
 
 
 class CoalescedMatmul(dl.ScheduleRule):
-    """Schedule ``NT_matmul`` kernels with coalesced weight loads and a workgroup reduction of K."""
+    """Schedule ``NT_matmul`` kernels with coalesced weight loads and a workgroup reduction of K.
+
+    A symbolic input-row extent other than the batch of a batched decode (``GEMV_ROW_VARS``) is a
+    prompt: its kernel is tiled over ``PREFILL_TILE`` prompt rows.
+    """
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):  # noqa: D102
         if (found := webgpu_nt_matmul(func, target)) is None:
@@ -66,8 +74,12 @@ class CoalescedMatmul(dl.ScheduleRule):
         k_extent, n_extent = static_extent(sch, k), static_extent(sch, spatial[-1])
         if k_extent is None or n_extent is None:
             return None
+        prefill = _is_prompt(sch, spatial[:-1])
+        if prefill:
+            sch, main, epilogues = _pad_prompt_rows(sch, main, epilogues, len(spatial) - 1)
+            *spatial, k = sch.get_loops(main)
         if blocks.dequantize is not None:
-            sch.compute_inline(blocks.dequantize)
+            sch.compute_inline(sch.get_sblock("dequantize"))
         spans = _packed_word_spans(sch, main, k_extent)
         step = max([WORD_CODES, *spans]) if spans else 1
         if k_extent % step:
@@ -83,26 +95,85 @@ class CoalescedMatmul(dl.ScheduleRule):
         *rows, n, k_steps, lane, k_codes = sch.get_loops(partial)
         rows = sch.fuse(*rows)
         group, n_in_group = sch.split(n, [None, rows_per_group])
-        sch.reorder(group, rows, n_in_group, lane, k_steps, k_codes)
+        if prefill:
+            row_tile, row_in_tile = sch.split(rows, [None, PREFILL_TILE])
+            sch.reorder(group, row_tile, n_in_group, lane, k_steps, row_in_tile, k_codes)
+        else:
+            row_tile, row_in_tile = rows, None
+            sch.reorder(group, row_tile, n_in_group, lane, k_steps, k_codes)
         sch.bind(group, "blockIdx.x")
-        sch.bind(rows, "blockIdx.y")
+        sch.bind(row_tile, "blockIdx.y")
         sch.bind(n_in_group, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
         sch.set_scope(partial, 0, "local")
         sch.unroll(k_codes)
+        if row_in_tile is not None:
+            sch.unroll(row_in_tile)  # the tile's sums stay registers (a constant index each)
         sch.decompose_reduction(partial, k_steps)
-        # load each packed weight word once into a register, then unpack its codes
+        # load each weight word once into a register (then unpack its codes, use it for every row)
         for index, region in enumerate(sch.get(partial).reads):
-            if region.source.dtype == "uint32":
+            if region.source.dtype == "uint32" or (prefill and len(region.source.shape) == 2):
                 sch.compute_at(sch.cache_read(partial, index, "local"), k_steps)
 
         # the workgroup reduction of the lanes' sums, then the epilogues, per output element
         sch.reverse_compute_at(main, n_in_group)
-        sch.bind(sch.get_loops(main)[-1], "threadIdx.x")  # the loop over ``partial``'s lanes
+        lane_sum, *tile_rows = sch.get_loops(main)[3:]  # the loops over ``partial``'s lanes (and rows)
+        output_at = n_in_group
+        if tile_rows:
+            # per tile row: reduce, then the epilogues (a loop: TVM cannot lower unrolled copies
+            # of one workgroup reduction)
+            (output_at,) = tile_rows
+            sch.reorder(output_at, lane_sum)
+        sch.bind(lane_sum, "threadIdx.x")
         if epilogues:
             sch.set_scope(main, 0, "local")
         for block in epilogues[:-1]:
             sch.set_scope(block, 0, "local")
         for block in epilogues:
-            sch.reverse_compute_at(block, n_in_group)
+            sch.reverse_compute_at(block, output_at)
         return sch
+
+
+def _is_prompt(sch: s_tir.Schedule, row_loops: list[s_tir.schedule.LoopRV]) -> bool:
+    """Whether an input-row extent is symbolic in anything but a batched decode's batch size."""
+    for loop in row_loops:
+        extent = sch.get(loop).extent
+        if not isinstance(extent, tirx.IntImm) and any(
+                v.name not in GEMV_ROW_VARS for v in tirx.analysis.undefined_vars(extent)):
+            return True
+    return False
+
+
+def _pad_prompt_rows(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, epilogues: list[s_tir.schedule.SBlockRV],
+                     row_axes: int) -> tuple[s_tir.Schedule, s_tir.schedule.SBlockRV, list[s_tir.schedule.SBlockRV]]:
+    """Pad the prompt rows of ``main`` to whole tiles: the padded rows read the last prompt row
+    (a clamped index, no branch), their sums are dropped by the final store's bound check.
+
+    Returns a new schedule of the rewritten function and its main block and epilogues.
+    """
+    row_padding = [1 if isinstance(sch.get(loop).extent, tirx.IntImm) else PREFILL_TILE
+                   for loop in sch.get_loops(main)[:row_axes]]
+    sch.pad_einsum(main, [*row_padding, 1, 1])
+    for producer in sch.get_producers(main):
+        if sch.get(producer).name_hint != "dequantize":
+            sch.compute_inline(producer)  # main reads ``if_then_else(row < seq_len, x[row], 0)``
+    (unpad,) = sch.get_consumers(main)
+    names = [sch.get(block).name_hint for block in epilogues]
+    if epilogues:
+        sch.compute_inline(unpad)  # the first epilogue reads the padded rows it keeps
+    else:
+        names = [sch.get(unpad).name_hint]
+    sch = s_tir.Schedule(tvm_ffi.structural_map(sch.mod, [(tvm.ir.expr.Call, _clamp_padded_read)]))
+    return sch, sch.get_sblock("NT_matmul"), [sch.get_sblock(name) for name in names]
+
+
+def _clamp_padded_read(call: tvm.ir.expr.Call) -> tvm.ir.expr.Expr:
+    """``if_then_else(i < n, x[.., i, ..], 0)`` -> ``x[.., min(i, n - 1), ..]`` (pad_einsum's read)."""
+    if call.op.name != "prim.if_then_else":
+        return call
+    condition, load, _ = call.args
+    if not isinstance(load, tvm.ir.expr.TensorLoad) or not isinstance(condition, tirx.LT):
+        return call
+    bound = condition.b - 1
+    indices = [tirx.Min(i, bound) if i.same_as(condition.a) else i for i in load.indices]
+    return tirx.BufferLoad(load.source, indices)
