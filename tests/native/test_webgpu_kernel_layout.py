@@ -7,8 +7,10 @@ values: the packed weight word index must step by exactly one word of the same r
 by zero or one), and every GEMV must launch at least 64 invocations per output row or 65536 in all.
 A prefill matmul must load each packed weight word at most once per ``PREFILL_TILE_ROWS`` prompt
 rows (counted by executing the loop nest's extents for a 64-row prompt: every load of the packed
-weights, times the extents of the loops and launch axes around it). The fallback variant (one
-thread per weight row, one prompt row per workgroup) fails all three, which checks the checker.
+weights, times the extents of the loops and launch axes around it), and compute nothing behind an
+``if_then_else`` (a padded prompt row's read behind a branch made SwiftShader's shader compiler run
+for minutes). The fallback variant (one thread per weight row, one prompt row per workgroup) fails
+the first three, which checks the checker.
 """
 
 from __future__ import annotations
@@ -251,6 +253,13 @@ def prompt_rows_per_word_load(func: tirx.PrimFunc) -> float:
     return word_count * COUNTED_PROMPT_ROWS / loads
 
 
+def branching_reads(func: tirx.PrimFunc) -> int:
+    """How many values ``func`` computes with ``if_then_else`` (a padded prompt row's read behind a
+    branch: SwiftShader's shader compiler took minutes on such kernels and lost the device)."""
+    return sum(1 for node, _, _ in buffer_accesses(func) if isinstance(node, tirx.BufferStore)
+               for n in expr_nodes(node.value) if isinstance(n, tvm.ir.expr.Call) and n.op.name == "prim.if_then_else")
+
+
 def is_prompt_kernel(func: tirx.PrimFunc) -> bool:
     return any(v.name == "seq_len" for v in shape_vars(func))
 
@@ -270,6 +279,8 @@ def layout_report(config: TransformerConfig, kernels: str) -> dict[str, list[str
             problems.append(short)
         if is_prompt_kernel(func) and (reuse := prompt_rows_per_word_load(func)) < PREFILL_TILE_ROWS:
             problems.append(f"each weight word load serves {reuse:g} prompt rows (< {PREFILL_TILE_ROWS})")
+        if branches := branching_reads(func):
+            problems.append(f"{branches} values read behind if_then_else")
         if problems:
             report[name] = problems
     return report

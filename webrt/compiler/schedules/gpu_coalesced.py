@@ -15,12 +15,25 @@ word of every plane is still loaded once, and a lane reads a few adjacent words 
 planes: the lanes together still read one contiguous run); the dequantize producer is inlined and
 epilogues (cast, bias, residual) follow in registers.
 
-Input rows (the tokens of a prefill, the sequences of a batched decode) map to ``blockIdx.y``:
-a prefill runs the decode GEMV once per prompt token, each workgroup reading its weight rows whole
-(from the GPU's caches after the first token). Not tiled over prompt rows yet: a version that kept
-8 rows' sums per invocation (the prompt padded to whole tiles, the padded rows' reads behind a
-branch) gave the right results but hung SwiftShader's shader compiler for minutes on some kernels
-(SmolLM2's K = 576 ones, the GGUF-plane ones), losing the device.
+Input rows map to ``blockIdx.y``: one per workgroup for a decode (the sequences of a batched
+decode); a prefill (any other symbolic row extent: the prompt) is tiled over ``PREFILL_TILE``
+prompt rows, each invocation keeping the tile's partial sums in registers (the row loop unrolled,
+constant indices) and applying every weight word it loads to all of them: the weights are read
+once per 8 prompt tokens instead of once per token, and the lanes still read adjacent words. The
+prompt is padded to whole tiles (``pad_einsum``); a padded row reads the last prompt row through a
+clamped index (``min(row, seq_len - 1)``) rather than a branch, and only the final store is
+bounded. (Reads behind an ``if`` inside the K loop, the first version, made SwiftShader's shader
+compiler run for minutes on SmolLM2's K = 576 kernels and the GGUF-plane ones, losing the device.)
+After the K loop the tile's rows are reduced across the lanes one at a time (a rolled loop: TVM
+cannot lower unrolled copies of one workgroup reduction), each followed by its epilogues.
+
+Why 8 rows: the weight traffic of a prefill falls 8x, the tile's sums take 8 registers per
+invocation beside the loaded words, and the unrolled inner body (8 rows x one word's codes: 64
+multiply-adds for 4-bit weights, 256 for a 1-bit GGUF plane's 32-code word) keeps the shader small;
+a prompt of ``n`` tokens computes at most 7 padded rows. 16 rows would double the registers and the
+unrolled body to halve a weight traffic that is no longer the larger one: per step a workgroup
+loads 1 KB of 4-bit weight words and 8-16 KB of the tile's input rows (from the caches: every
+workgroup reads the same rows).
 
 On SwiftShader the workgroup barriers of the reduction cost more than the bandwidth they save
 (see :mod:`webrt.compiler.schedules.gpu`, the barrier-free variant kept for fallback adapters).
@@ -168,12 +181,18 @@ def _pad_prompt_rows(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, epilogu
 
 
 def _clamp_padded_read(call: tvm.ir.expr.Call) -> tvm.ir.expr.Expr:
-    """``if_then_else(i < n, x[.., i, ..], 0)`` -> ``x[.., min(i, n - 1), ..]`` (pad_einsum's read)."""
+    """``pad_einsum``'s read of a padded prompt row, ``if_then_else(i < seq_len, x[.., i, ..], 0)``,
+    becomes ``x[.., min(i, seq_len - 1), ..]`` (a padded row's sums are never stored); any other
+    call stays as it is."""
     if call.op.name != "prim.if_then_else":
         return call
     condition, load, _ = call.args
-    if not isinstance(load, tvm.ir.expr.TensorLoad) or not isinstance(condition, tirx.LT):
+    if not (isinstance(load, tvm.ir.expr.TensorLoad) and isinstance(condition, tirx.LT)
+            and not isinstance(condition.b, tirx.IntImm)):
         return call
-    bound = condition.b - 1
-    indices = [tirx.Min(i, bound) if i.same_as(condition.a) else i for i in load.indices]
+    bounded = [i.same_as(condition.a) and tvm_ffi.structural_equal(extent, condition.b)
+               for i, extent in zip(load.indices, load.source.shape)]
+    if bounded.count(True) != 1:
+        return call
+    indices = [tirx.Min(i, condition.b - 1) if bound else i for i, bound in zip(load.indices, bounded)]
     return tirx.BufferLoad(load.source, indices)
