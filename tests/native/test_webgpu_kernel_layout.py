@@ -235,11 +235,11 @@ def gemv_launch_shortfall(func: tirx.PrimFunc) -> str | None:
 
 
 def prompt_rows_per_word_load(func: tirx.PrimFunc) -> float:
-    """For a prefill matmul: prompt rows per load of a packed weight word (``COUNTED_PROMPT_ROWS``
-    rows; every word is needed once per row, so the untiled kernel gets 1)."""
+    """For a prefill matmul: prompt rows per load of a packed weight word (or unquantized weight)
+    for a ``COUNTED_PROMPT_ROWS``-row prompt; every word is needed once per row, so the untiled
+    kernel gets 1."""
     symbols = {v: COUNTED_PROMPT_ROWS for v in shape_vars(func)}
     words = weight_buffers(func)[0]
-    assert words.dtype == "uint32", words
     loads = 0
     for load in weight_loads(func):
         if load.buffer.same_as(words):
