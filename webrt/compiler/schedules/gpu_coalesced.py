@@ -24,8 +24,9 @@ prompt is padded to whole tiles (``pad_einsum``); a padded row reads the last pr
 clamped index (``min(row, seq_len - 1)``) rather than a branch, and only the final store is
 bounded. (Reads behind an ``if`` inside the K loop, the first version, made SwiftShader's shader
 compiler run for minutes on SmolLM2's K = 576 kernels and the GGUF-plane ones, losing the device.)
-After the K loop the tile's rows are reduced across the lanes one at a time (a rolled loop: TVM
-cannot lower unrolled copies of one workgroup reduction), each followed by its epilogues.
+After the K loop the tile's sums go to workgroup memory (one barrier) and the tile's rows are
+reduced across the lanes one at a time (a rolled loop: TVM cannot lower unrolled copies of one
+workgroup reduction), each followed by its epilogues.
 
 Why 8 rows: the weight traffic of a prefill falls 8x, the tile's sums take 8 registers per
 invocation beside the loaded words, and the unrolled inner body (8 rows x one word's codes: 64
@@ -118,10 +119,20 @@ class CoalescedMatmul(dl.ScheduleRule):
         sch.bind(row_tile, "blockIdx.y")
         sch.bind(n_in_group, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
-        sch.set_scope(partial, 0, "local")
+        if row_in_tile is None:
+            sch.set_scope(partial, 0, "local")
+        else:
+            # the tile's sums stay registers (the row loop unrolled: a constant index each), then
+            # go to workgroup memory (lanes x 4 weight rows x 8 prompt rows x 4 B <= 8 KB of
+            # WebGPU's 16 KB), where the per-row reduction below indexes them by row: a private
+            # array indexed by a loop variable would live in (slow) local memory on a GPU
+            sch.set_scope(partial, 0, "shared")
+            sums = sch.cache_write(partial, 0, "local")
+            sch.reverse_compute_at(sums, lane)
+            sch.unroll(sch.get_loops(sums)[-1])  # the loop over the tile's rows
+            sch.transform_layout(sums, ("write", 0), lambda k, *rows_n: (*rows_n, k))  # lanes adjacent
+            sch.unroll(row_in_tile)
         sch.unroll(k_codes)
-        if row_in_tile is not None:
-            sch.unroll(row_in_tile)  # the tile's sums stay registers (a constant index each)
         sch.decompose_reduction(partial, k_steps)
         # load each weight word once into a register (then unpack its codes, use it for every row)
         for index, region in enumerate(sch.get(partial).reads):
