@@ -7,9 +7,12 @@ for cpu and for webgpu twice: ``--kernels gpu`` (coalesced, K reduced inside a w
 ``model_lib_fallback`` the fallback one) loads the fallback variant on SwiftShader, a fallback
 adapter; a record naming only ``model_lib`` loads the gpu variant. Each prefills a prompt and
 decodes greedily (the on-device argmax: 4 bytes back per token), then samples with top-p from the
-gpu variant's own probabilities (sort-free: 4 bytes back per token as well). The tolerance is
-test_browser_runtime's: SwiftShader's sin/cos (RoPE) are accurate to ~2e-4. A gpu-variant build with
-32-lane subgroup reductions (``--subgroup-size 32``) is refused on SwiftShader, whose subgroups have 4.
+gpu variant's own probabilities (sort-free: 4 bytes back per token as well), then prefills prompts
+of other lengths from an empty cache: the gpu variant's prefill matmuls take 8 prompt rows per
+invocation (11 tokens: a whole tile and a padded one; 5: one padded tile; 16: two whole tiles; 19).
+The tolerance is test_browser_runtime's: SwiftShader's sin/cos (RoPE) are accurate to ~2e-4. A
+gpu-variant build with 32-lane subgroup reductions (``--subgroup-size 32``) is refused on
+SwiftShader, whose subgroups have 4.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from engine_util import native_greedy_steps
 pytestmark = pytest.mark.browser
 
 PROMPT = [5, 17, 42, 100, 7, 250, 3, 9, 64, 128, 11]
+OTHER_PROMPTS = [PROMPT[:5], PROMPT + PROMPT[:5], PROMPT + PROMPT[:8]]  # 5, 16, 19 tokens
 DECODE_STEPS = 6
 LOGIT_ATOL = 2e-3
 TEMPERATURE, TOP_P = 0.8, 0.9
@@ -43,7 +47,7 @@ from webrt.engine.config import ModelRecord
 from webrt.engine.model_runner import ModelRunner, WindowConfig
 from webrt.wasm.loader import WebGPUModelLoader
 
-PROMPT, STEPS = %(prompt)s, %(steps)d
+PROMPT, STEPS, OTHER_PROMPTS = %(prompt)s, %(steps)d, %(other_prompts)s
 BOTH = ModelRecord(model="/models/tiny", model_id="both", model_lib="/lib/%(gpu)s", model_lib_fallback="/lib/%(fallback)s")
 GPU_ONLY = ModelRecord(model="/models/tiny", model_id="gpu", model_lib="/lib/%(gpu)s")
 SUBGROUPS_32 = ModelRecord(model="/models/tiny", model_id="sg32", model_lib="/lib/%(sg32)s",
@@ -78,6 +82,10 @@ async def run(record):
     out["argmax_again"] = runner.argmax(logits)
     out["sampled"] = [runner.sample(logits, %(temperature)r, %(top_p)r, u) for u in %(uniforms)r]
     out["readback_sizes"] = sorted(set(counted.sizes))
+    out["other_prefills"] = []
+    for prompt in OTHER_PROMPTS:
+        runner.reset()
+        out["other_prefills"].append(runner.logits_to_list(runner.prefill(prompt)))
     out["load"] = {k: loader.last_load[k] for k in ("library", "library_field", "kernels", "reason")}
     out["errors"] = list(backend.runtime.gpu.errors)
     backend.runtime.dispose()
@@ -103,7 +111,7 @@ await asyncio.create_task(main())
 def browser_run(artifacts: Any) -> dict[str, Any]:
     gpu, fallback = artifacts.libs["webgpu-gpu"], artifacts.libs["webgpu"]
     code = BROWSER_RUN % {"prompt": json.dumps(PROMPT), "steps": DECODE_STEPS, "gpu": gpu.name,
-                          "fallback": fallback.name,
+                          "other_prompts": json.dumps(OTHER_PROMPTS), "fallback": fallback.name,
                           "sg32": artifacts.libs["webgpu-sg32"].name, "temperature": TEMPERATURE, "top_p": TOP_P,
                           "uniforms": UNIFORMS}
     routes = {"/models/tiny/resolve/main/": artifacts.model_dir, "/lib/": gpu.parent}
@@ -130,6 +138,17 @@ def test_each_variant_matches_the_native_cpu_library(artifacts: Any, browser_run
         assert len(a) == len(b) == artifacts.chat_config["vocab_size"]
         err = max(abs(x - y) for x, y in zip(a, b, strict=True))
         assert err <= LOGIT_ATOL, f"{run} step {step}: max |logit diff| {err:.3g} > {LOGIT_ATOL}"
+
+
+@pytest.mark.parametrize("run", ["both", "gpu_only"])
+def test_prefills_of_other_lengths_match_the_native_cpu_library(artifacts: Any, browser_run: dict[str, Any],
+                                                                run: str) -> None:
+    """Prompts shorter than, a multiple of and longer than the gpu variant's 8-row prefill tile."""
+    got = browser_run[run]["other_prefills"]
+    for prompt, logits in zip(OTHER_PROMPTS, got, strict=True):
+        ref = native_greedy_steps(artifacts, prompt, 0)["logits"][0]
+        err = max(abs(x - y) for x, y in zip(logits, ref, strict=True))
+        assert err <= LOGIT_ATOL, f"{run}, {len(prompt)} tokens: max |logit diff| {err:.3g} > {LOGIT_ATOL}"
 
 
 def top_p_reference(logits: list[float], uniform: float) -> int | None:

@@ -3,10 +3,11 @@ native CPU library.
 
 SmolLM2's shapes (K = 576: 72 packed words a row, so 8 lanes and 9 steps; K = 1536: 64 lanes; a
 49152-row LM head) differ from the tiny model's; SwiftShader once took minutes to compile one of
-these kernels and lost the device (a prefill tiled over prompt rows). The prefill's last-token
-logits (12 prompt tokens) and three greedy decode steps must match the CPU library within
-test_browser_engine's tolerance (RoPE's sin/cos on SwiftShader: ~1e-2 on these logits), with the
-same greedy tokens.
+these kernels and lost the device (a prefill tiled over prompt rows with the padded rows' reads
+behind a branch; they are clamped now). The prefill's last-token logits (12 prompt tokens: one
+whole 8-row tile and one padded one) and three greedy decode steps must match the CPU library
+within test_browser_engine's tolerance (RoPE's sin/cos on SwiftShader: ~1e-2 on these logits),
+with the same greedy tokens.
 """
 
 from __future__ import annotations

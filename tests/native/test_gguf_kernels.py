@@ -153,6 +153,8 @@ async (a) => {
   for (let i = 0; i < a.cols; i++) eye[i * a.cols + i] = 1;
   const forward = vm.getFunction("forward");
   const result = {prefill: await bits(forward(upload([1, a.cols, a.cols], "float32", eye), ...params))};
+  const shortEye = eye.subarray(0, a.short * a.cols);
+  result.short = await bits(forward(upload([1, a.short, a.cols], "float32", shortEye), ...params));
   result.decode = [];
   for (const column of a.columns) {
     const x = new Float32Array(a.cols);
@@ -172,7 +174,8 @@ async (a) => {
 @pytest.mark.parametrize("kernels", ["gpu", "fallback"])
 def test_webgpu_kernels_decode_every_type_exactly_in_chromium(tmp_path, kernels: str) -> None:
     """The same module built for WebGPU in each kernel variant, run by TVM's JS runtime in headless
-    Chromium."""
+    Chromium: a 512-row prefill (whole tiles of the gpu variant's prompt rows), a 13-row one (a
+    padded tile) and 1-row calls."""
     import shutil
 
     import browser_util
@@ -183,8 +186,8 @@ def test_webgpu_kernels_decode_every_type_exactly_in_chromium(tmp_path, kernels:
     exported, executable = export_every_type("webgpu", kernels)
     wasm = export_wasm(executable, tmp_path / "every_type.wasm")
     values = param_values(exported.params)
-    columns, ids = [0, 33, 300, COLS - 1], [5, 0, 3, 1, 2, 4, 0]
-    arg = {"url": f"/lib/{wasm.name}", "cols": COLS, "columns": columns, "ids": ids,
+    columns, ids, short = [0, 33, 300, COLS - 1], [5, 0, 3, 1, 2, 4, 0], 13
+    arg = {"url": f"/lib/{wasm.name}", "cols": COLS, "columns": columns, "ids": ids, "short": short,
            "params": [{"shape": list(v.shape), "dtype": str(v.dtype), "data": v.ravel().tolist()} for v in values]}
     routes = {"/tvmjs/": browser_util.TVMJS_DIR, "/lib/": wasm.parent}
     with browser_util.StaticServer(routes, {"/": browser_util.tvmjs_page()}) as server, \
@@ -199,6 +202,7 @@ def test_webgpu_kernels_decode_every_type_exactly_in_chromium(tmp_path, kernels:
     for i, kind in enumerate(KINDS):
         expected = reference[kind][1]
         same_float32(floats(result["prefill"][i], (COLS, ROWS)).T, expected)
+        same_float32(floats(result["short"][i], (short, ROWS)).T, expected[:, :short])
         for column, outs in zip(columns, result["decode"]):
             same_float32(floats(outs[i], (ROWS,)), expected[:, column])
         np.testing.assert_array_equal(floats(result["embed"][i], (len(ids), COLS)).view(np.uint32),

@@ -5,7 +5,12 @@ decoder layer: every layer has the same kernels) the matmul kernels are schedule
 --device webgpu` schedules them, then every weight load is evaluated for adjacent ``threadIdx.x``
 values: the packed weight word index must step by exactly one word of the same row (the scale index
 by zero or one), and every GEMV must launch at least 64 invocations per output row or 65536 in all.
-The fallback variant (one thread per weight row) fails both, which checks the checker.
+A prefill matmul must load each packed weight word at most once per ``PREFILL_TILE_ROWS`` prompt
+rows (counted by executing the loop nest's extents for a 64-row prompt: every load of the packed
+weights, times the extents of the loops and launch axes around it), and compute nothing behind an
+``if_then_else`` (a padded prompt row's read behind a branch made SwiftShader's shader compiler run
+for minutes). The fallback variant (one thread per weight row, one prompt row per workgroup) fails
+the first three, which checks the checker.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from webrt.models.config import TransformerConfig
 MIN_LANES_PER_ROW = 64
 MIN_INVOCATIONS = 65536
 PROMPT_ROWS = 16  # a value for the symbolic prompt length when evaluating indices
+PREFILL_TILE_ROWS = 8  # prompt rows each weight word load must serve in a prefill matmul
+COUNTED_PROMPT_ROWS = 64  # the prompt length for which weight word loads are counted
 LOAD = tvm.ir.expr.TensorLoad  # the class of TIR buffer loads (``tirx.BufferLoad`` builds one)
 
 
@@ -227,6 +234,32 @@ def gemv_launch_shortfall(func: tirx.PrimFunc) -> str | None:
     return f"{invocations} invocations for {rows} output rows ({extents})"
 
 
+def prompt_rows_per_word_load(func: tirx.PrimFunc) -> float:
+    """For a prefill matmul: prompt rows per load of a packed weight word (or unquantized weight)
+    for a ``COUNTED_PROMPT_ROWS``-row prompt; every word is needed once per row, so the untiled
+    kernel gets 1."""
+    symbols = {v: COUNTED_PROMPT_ROWS for v in shape_vars(func)}
+    words = weight_buffers(func)[0]
+    loads = 0
+    for load in weight_loads(func):
+        if load.buffer.same_as(words):
+            executions = 1
+            for loop in load.loops:
+                executions *= evaluate(loop.extent, symbols)
+            loads += executions
+    word_count = 1
+    for dim in words.shape:
+        word_count *= int(dim)
+    return word_count * COUNTED_PROMPT_ROWS / loads
+
+
+def branching_reads(func: tirx.PrimFunc) -> int:
+    """How many values ``func`` computes with ``if_then_else`` (a padded prompt row's read behind a
+    branch: SwiftShader's shader compiler took minutes on such kernels and lost the device)."""
+    return sum(1 for node, _, _ in buffer_accesses(func) if isinstance(node, tirx.BufferStore)
+               for n in expr_nodes(node.value) if isinstance(n, tvm.ir.expr.Call) and n.op.name == "prim.if_then_else")
+
+
 def is_prompt_kernel(func: tirx.PrimFunc) -> bool:
     return any(v.name == "seq_len" for v in shape_vars(func))
 
@@ -244,6 +277,10 @@ def layout_report(config: TransformerConfig, kernels: str) -> dict[str, list[str
         problems = uncoalesced_loads(func)
         if not is_prompt_kernel(func) and (short := gemv_launch_shortfall(func)):
             problems.append(short)
+        if is_prompt_kernel(func) and (reuse := prompt_rows_per_word_load(func)) < PREFILL_TILE_ROWS:
+            problems.append(f"each weight word load serves {reuse:g} prompt rows (< {PREFILL_TILE_ROWS})")
+        if branches := branching_reads(func):
+            problems.append(f"{branches} values read behind if_then_else")
         if problems:
             report[name] = problems
     return report
@@ -255,7 +292,9 @@ def test_gpu_variant_coalesces_every_weight_load(shape: str) -> None:
 
 
 def test_fallback_variant_is_flagged() -> None:
-    """One thread per weight row: adjacent invocations read a row apart, and too few launch."""
+    """One thread per weight row: adjacent invocations read a row apart, too few launch, and a
+    prefill reads the weights once per prompt row."""
     report = layout_report(SHAPES["Mistral-7B-v0.3"], "fallback")
     assert report and all(any("threadIdx.x" in p for p in problems) for problems in report.values()), report
     assert any("invocations for" in p for problems in report.values() for p in problems), report
+    assert any("serves 1 prompt rows" in p for problems in report.values() for p in problems), report

@@ -35,8 +35,9 @@ DEVICES = ("webgpu", "cpu", "wasm")
 WASM_DEVICES = ("webgpu", "wasm")
 MAX_BATCH_SIZE = 4
 #: WebGPU kernel variants (``webrt compile --kernels``): ``gpu`` for real GPUs (coalesced weight
-#: loads, K reduced inside a workgroup, enough invocations for a large GPU), ``fallback`` for software
-#: adapters such as SwiftShader (one thread per output, no barriers). Both run on any adapter.
+#: loads, K reduced inside a workgroup, enough invocations for a large GPU, prefill matmuls tiled
+#: over 8 prompt rows), ``fallback`` for software adapters such as SwiftShader (one thread per
+#: output, no barriers). Both run on any adapter.
 KERNEL_VARIANTS = ("gpu", "fallback")
 DEFAULT_KERNELS = "gpu"
 #: Subgroup sizes a WebGPU build may assume (``webrt compile --subgroup-size``). WGSL cannot ask for
