@@ -90,7 +90,14 @@ class CoalescedMatmul(dl.ScheduleRule):
             return None
         prefill = _is_prompt(sch, spatial[:-1])
         if prefill:
-            sch, main, epilogues = _pad_prompt_rows(sch, main, epilogues, len(spatial) - 1)
+            try:
+                sch, main, epilogues = _pad_prompt_rows(sch, main, epilogues, len(spatial) - 1)
+            except s_tir.schedule.ScheduleError:
+                # pad_einsum takes plain einsum reads only: an unquantized weight read at a row
+                # offset (a prompt's up rows of the fused gate_up weight) keeps one row per
+                # workgroup, as a decode GEMV
+                sch, blocks = webgpu_nt_matmul(func, target)
+                main, epilogues, prefill = blocks.main, blocks.epilogues, False
             *spatial, k = sch.get_loops(main)
         if blocks.dequantize is not None:
             sch.compute_inline(sch.get_sblock("dequantize"))
